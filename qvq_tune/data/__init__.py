@@ -1,0 +1,1 @@
+"""Data stage: user files -> records -> canonical messages -> samples (token ids + labels + media)."""

@@ -1,0 +1,97 @@
+"""Bad records: the closed set of reason codes, the error readers raise, and the writer.
+
+Every input record ends either as a sample or as one row of `quarantine.jsonl`:
+`{"source", "line" | "index", "reason", "message", "field"?, "record"}` where `record`
+is the original record (or an excerpt of it when it is large or not JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .messages import Origin
+
+REASONS: dict[str, str] = {
+    "malformed_json": "the line or file is not valid JSON",
+    "unknown_schema": "the record matches no known input format",
+    "missing_field": "a required field (question, answer, messages...) is absent",
+    "bad_field_type": "a field has the wrong type (e.g. a number where text is expected)",
+    "missing_media": "an image or video file does not exist",
+    "empty_file": "an image or video file has zero bytes",
+    "corrupt_media": "an image or video cannot be decoded",
+    "pixel_limit": "an image is larger than the pixel limit (decompression-bomb guard)",
+    "path_escape": "a media path leaves the image root (.., absolute path, symlink out)",
+    "remote_url": "a media URL is remote and --allow-remote was not given",
+    "placeholder_mismatch": "the number of <image>/<video> placeholders differs from the media given",
+    "empty_assistant": "there is no assistant reply, or it is empty",
+    "bad_role_order": "turns are not system? (user assistant)+ in order",
+    "special_token_in_text": "text contains a chat-control token such as <|im_end|>",
+    "too_long": "the rendered sample is longer than --max-tokens",
+    "duplicate": "an exact duplicate of an earlier record",
+}
+
+EXCERPT_CHARS = 2000
+
+
+class RecordError(ValueError):
+    """A record that cannot be used. `code` is one of `REASONS`."""
+
+    def __init__(self, code: str, message: str, field: str | None = None):
+        if code not in REASONS:
+            raise ValueError(f"unknown quarantine reason {code!r}")
+        super().__init__(message)
+        self.code, self.message, self.field = code, message, field
+
+
+def excerpt(record) -> object:
+    """The record itself when small and JSON-serialisable, else a truncated string."""
+    try:
+        text = json.dumps(record, ensure_ascii=False, default=_bytes_note)
+    except (TypeError, ValueError):
+        text = repr(record)
+        return text[:EXCERPT_CHARS]
+    if len(text) <= EXCERPT_CHARS:
+        return json.loads(text)
+    return text[:EXCERPT_CHARS] + "...(truncated)"
+
+
+def _bytes_note(obj):
+    if isinstance(obj, (bytes, bytearray)):
+        return f"<{len(obj)} bytes>"
+    return repr(obj)
+
+
+def quarantine_row(origin: Origin, code: str, message: str, record, field: str | None = None) -> dict:
+    row = {**origin.to_dict(), "reason": code, "message": message}
+    if field:
+        row["field"] = field
+    row["record"] = excerpt(record)
+    return row
+
+
+class QuarantineWriter:
+    """Appends rows to `quarantine.jsonl`, counting reasons."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "w", encoding="utf-8")
+        self.counts: dict[str, int] = {}
+
+    def write(self, row: dict) -> None:
+        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.counts[row["reason"]] = self.counts.get(row["reason"], 0) + 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,154 @@
+"""Reader dispatch: options, column mapping, format detection, and the shared role check.
+
+Auto-detection asks each registered reader's `detect`; the rules are disjoint, so the
+order readers register in does not matter (a test checks that no two ever match). Native
+fields win: the others only claim records that are not native.
+
+| reader   | a record is this format when it has...                                        |
+|----------|-------------------------------------------------------------------------------|
+| native   | `question` and `answer`, or `question` with `chosen` + `rejected`              |
+| llava    | a `conversations` key and a singular `image` / `video` key                    |
+| sharegpt | a `conversations` key without singular `image`/`video`, or a `messages` key    |
+|          | with no list-of-parts content (string content, `<image>` + top-level `images`) |
+| messages | a `messages` list with at least one list-of-parts content (OpenAI / Qwen);     |
+|          | or TRL `prompt` + `completion` / `chosen` + `rejected`; or `chosen_messages`   |
+|          | + `rejected_messages`; or TRL implicit-prompt `chosen` + `rejected` lists      |
+| swift    | `query` without `conversations` / `messages` (ms-swift 1.x/2.x rows)            |
+
+Column mapping (`--columns messages=dialog`) renames fields before detection, so it
+works with every format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from ..messages import Example, Origin, Turn
+from ..quarantine import RecordError
+
+FORMATS = ("auto", "native", "sharegpt", "llava", "messages", "swift", "hf")
+
+
+@dataclass
+class ReaderOptions:
+    format: str = "auto"
+    columns: dict[str, str] = field(default_factory=dict)   # canonical name -> user's field
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            from ...errors import UserError
+            raise UserError(f"unknown --format {self.format!r}; choose from {', '.join(FORMATS)}",
+                            key="format")
+
+
+Reader = Callable[[dict, Origin], Example]
+_READERS: dict[str, tuple[Callable[[dict], bool], Reader]] = {}
+
+
+def register(name: str, detect: Callable[[dict], bool]):
+    """Register a reader; `detect` says whether a raw record looks like this format."""
+    def deco(fn: Reader) -> Reader:
+        _READERS[name] = (detect, fn)
+        return fn
+    return deco
+
+
+def apply_columns(record: dict, columns: dict[str, str]) -> dict:
+    """Rename the user's fields to canonical names (`--columns question=problem,...`)."""
+    if not columns:
+        return record
+    out = dict(record)
+    for canonical, theirs in columns.items():
+        if theirs in record:
+            out[canonical] = out.pop(theirs) if theirs != canonical else record[theirs]
+    return out
+
+
+def detect_format(record: dict) -> str | None:
+    for name, (detect, _) in _READERS.items():
+        if detect(record):
+            return name
+    return None
+
+
+def parse(record, origin: Origin, options: ReaderOptions) -> Example:
+    from . import native  # noqa: F401  (registration)
+    _load_all()
+    if not isinstance(record, dict):
+        raise RecordError("unknown_schema", f"expected a JSON object, got {type(record).__name__}")
+    record = apply_columns(record, options.columns)
+    name = options.format if options.format not in ("auto", "hf") else detect_format(record)
+    if name is None:
+        keys = ", ".join(sorted(map(str, record))[:12])
+        raise RecordError("unknown_schema", f"no input format matches the fields [{keys}]; "
+                          "pass --format or map your fields with --columns")
+    if name not in _READERS:
+        raise RecordError("unknown_schema", f"no reader for format {name!r}")
+    return _READERS[name][1](record, origin)
+
+
+def _load_all() -> None:
+    import importlib
+    for mod in ("native", "sharegpt", "llava", "messages", "swift"):
+        try:
+            importlib.import_module(f"{__package__}.{mod}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{mod}":
+                raise
+
+
+def require_text(record: dict, key: str, *, optional: bool = False) -> str | None:
+    value = record.get(key)
+    if value is None:
+        if optional:
+            return None
+        raise RecordError("missing_field", f"field '{key}' is missing", field=key)
+    if not isinstance(value, str):
+        raise RecordError("bad_field_type", f"field '{key}' must be text, got {type(value).__name__}",
+                          field=key)
+    return value
+
+
+def as_list(value, key: str) -> list:
+    """A single path where a list is expected is accepted."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes, dict)):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise RecordError("bad_field_type", f"field '{key}' must be a path or a list of paths", field=key)
+
+
+def check_roles(turns: Sequence[Turn], *, prompt: bool = False,
+                names: Sequence[str] | None = None) -> None:
+    """Turns must read `system? (user assistant)+`; a DPO prompt (`prompt=True`) ends with user.
+
+    Out-of-order roles raise `bad_role_order`; a conversation with no assistant reply
+    after its last user turn, or with a blank reply, raises `empty_assistant`. `names`
+    gives each turn's source field (e.g. `conversations[3]`) for the error.
+    """
+    def name(i: int) -> str:
+        return names[i] if names else f"turn {i}"
+
+    start = 1 if turns and turns[0].role == "system" else 0
+    for i in range(start, len(turns)):
+        expected = "user" if (i - start) % 2 == 0 else "assistant"
+        if turns[i].role != expected:
+            raise RecordError("bad_role_order", f"{name(i)} is a '{turns[i].role}' turn where a "
+                              f"'{expected}' turn was expected; turns must be an optional system "
+                              "turn, then user and assistant alternating", field=name(i))
+    last = len(turns) - 1
+    if prompt:
+        if last < start or turns[last].role != "user":
+            raise RecordError("bad_role_order", "a preference prompt must end with a user turn",
+                              field=name(last) if last >= 0 else None)
+        return
+    if last < start or turns[last].role != "assistant":
+        raise RecordError("empty_assistant", "there is no assistant reply after the last user turn",
+                          field=name(last) if last >= 0 else None)
+    for i in range(start + 1, len(turns), 2):
+        if not turns[i].text.strip():
+            raise RecordError("empty_assistant", f"{name(i)} is an empty assistant reply",
+                              field=name(i))

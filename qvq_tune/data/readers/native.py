@@ -1,0 +1,90 @@
+"""qvq-tune's native JSONL.
+
+SFT:  {"images": [...] | "video": ..., "question", "reasoning"?, "answer", "system"?}
+DPO:  {"images", "question", "chosen": {"reasoning"?, "answer"}, "rejected": {...}}
+      (chosen / rejected may also be plain strings; reasoning is then split from them)
+The reasoning may also be inline in `answer` (`<think>...</think>` or QVQ's trace
+followed by "**Final Answer**").
+"""
+
+from __future__ import annotations
+
+from ..messages import Conversation, Media, Origin, Part, PreferencePair, Turn
+from ..quarantine import RecordError
+from ..reasoning import split_reply
+from .base import as_list, check_roles, register, require_text
+
+REASONING_KEYS = ("reasoning", "reasoning_content", "thinking")
+
+
+def _is_native(r: dict) -> bool:
+    return "question" in r and ("answer" in r or ("chosen" in r and "rejected" in r))
+
+
+def media_of(record: dict) -> list[Media]:
+    media = [Media("image", **_src(x, "images")) for x in as_list(record.get("images", record.get("image")), "images")]
+    video = record.get("videos", record.get("video"))
+    if video is not None:
+        if isinstance(video, list) and video and all(isinstance(v, str) for v in video) and "videos" not in record:
+            media.append(Media("video", frames=tuple(video)))     # one video given as frames
+        else:
+            media += [Media("video", **_src(v, "videos")) for v in as_list(video, "videos")]
+    return media
+
+
+def _src(value, key: str) -> dict:
+    if isinstance(value, str):
+        return {"source": value}
+    if isinstance(value, (bytes, bytearray)):
+        return {"data": bytes(value)}
+    if isinstance(value, dict):  # HF Image feature: {"bytes": ..., "path": ...}
+        if value.get("bytes"):
+            return {"data": bytes(value["bytes"]), "source": value.get("path")}
+        if value.get("path"):
+            return {"source": value["path"]}
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return {"frames": tuple(value)}
+    raise RecordError("bad_field_type", f"field '{key}' holds {type(value).__name__}, expected a path",
+                      field=key)
+
+
+def reply_turn(value, key: str, reasoning: str | None = None) -> Turn:
+    """An assistant turn from an answer string (reasoning maybe inline) or a {reasoning, answer} dict."""
+    if isinstance(value, dict):
+        reasoning = next((value[k] for k in REASONING_KEYS if value.get(k)), reasoning)
+        value = value.get("answer", value.get("content"))
+    if not isinstance(value, str):
+        raise RecordError("missing_field" if value is None else "bad_field_type",
+                          f"field '{key}' must hold the answer text", field=key)
+    if reasoning is None:
+        reasoning, value = split_reply(value)
+    if not value.strip():
+        raise RecordError("empty_assistant", f"field '{key}' is empty", field=key)
+    return Turn("assistant", [Part.of_text(value)], reasoning=reasoning)
+
+
+def prompt_turns(record: dict) -> list[Turn]:
+    turns = []
+    system = require_text(record, "system", optional=True)
+    if system:
+        turns.append(Turn("system", [Part.of_text(system)]))
+    question = require_text(record, "question")
+    turns.append(Turn("user", [*(Part.of_media(m) for m in media_of(record)), Part.of_text(question)]))
+    return turns
+
+
+@register("native", _is_native)
+def read_native(record: dict, origin: Origin):
+    prompt = prompt_turns(record)
+    names = ["system"] * (len(prompt) - 1) + ["question"]
+    if "chosen" in record and "rejected" in record and "answer" not in record:
+        check_roles(prompt, prompt=True, names=names)
+        return PreferencePair(prompt, reply_turn(record["chosen"], "chosen"),
+                              reply_turn(record["rejected"], "rejected"), origin,
+                              meta={k: record[k] for k in ("id", "rejected_kind") if k in record})
+    reasoning = next((record[k] for k in REASONING_KEYS if record.get(k)), None)
+    if reasoning is not None and not isinstance(reasoning, str):
+        raise RecordError("bad_field_type", "field 'reasoning' must be text", field="reasoning")
+    answer = reply_turn(record.get("answer"), "answer", reasoning)
+    check_roles(prompt + [answer], names=names + ["answer"])
+    return Conversation(prompt + [answer], origin, meta={k: record[k] for k in ("id",) if k in record})

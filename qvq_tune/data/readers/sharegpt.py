@@ -1,0 +1,221 @@
+"""ShareGPT / LLaMA-Factory / ms-swift message lists with string content.
+
+SFT  {"conversations" | "messages": [{"from": "human", "value": "<image>Describe."},
+                                     {"from": "gpt", "value": "<think>..</think> A cat"}],
+      "images": [...], "videos": [...], "system"?}
+DPO  LLaMA-Factory: {"conversations": [...prompt, ending with user...],
+                     "chosen": {"from": "gpt", "value": ...}, "rejected": {...}}
+     ms-swift:      {"messages": [..., {"role": "assistant", ...chosen}], "rejected_response": "..."}
+
+Messages use `from`/`value` or `role`/`content`. The n-th `<image>` (`<video>`) placeholder
+in the user and system turns binds to the n-th entry of `images` (`videos`); the counts must
+match. A line break next to a placeholder is layout and is dropped. An assistant's
+reasoning is inline (`<think>`, QVQ's "**Final Answer**") or in `reasoning_content` /
+`reasoning` / `thinking` on the message.
+
+Detection: a `conversations` key without a singular `image`/`video` key (that is LLaVA),
+or a `messages` key with no list-of-parts content. A `messages` list holding any
+list-of-parts content belongs to `readers/messages.py`.
+
+This module also owns what the other message-list readers (llava, messages, swift) share:
+role names, placeholder binding (`MediaBinder`) and turn building (`read_dialogue`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from ..messages import Conversation, Media, Origin, Part, PreferencePair, Turn
+from ..quarantine import RecordError
+from .base import check_roles, register, require_text
+from .native import REASONING_KEYS, _is_native, media_of, reply_turn
+
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+         "chatgpt": "assistant", "model": "assistant", "bot": "assistant", "system": "system"}
+TOOL_ROLES = ("observation", "function_call", "function", "tool", "ipython")
+PLACEHOLDER = re.compile(r"<(image|video)>")
+
+ContentParser = Callable[[object, str, "MediaBinder"], list[Part]]
+
+
+def has_list_content(messages) -> bool:
+    """Whether any message's content is a list of parts (OpenAI / Qwen style)."""
+    return isinstance(messages, list) and any(
+        isinstance(m, dict) and isinstance(m.get("content", m.get("value")), list) for m in messages)
+
+
+def _is_sharegpt(r: dict) -> bool:
+    if _is_native(r):
+        return False
+    if "conversations" in r:
+        return "image" not in r and "video" not in r
+    return "messages" in r and not has_list_content(r["messages"])
+
+
+def split_around(text: str, pattern: re.Pattern, make: Callable[[re.Match], Part]) -> list[Part]:
+    """Text parts and `make(match)` parts in order; line breaks touching a match are dropped."""
+    parts, pos = [], 0
+    for m in pattern.finditer(text):
+        before = text[pos:m.start()].rstrip("\r\n")
+        if parts:                                   # it follows the previous match
+            before = before.lstrip("\r\n")
+        if before:
+            parts.append(Part.of_text(before))
+        parts.append(make(m))
+        pos = m.end()
+    tail = text[pos:].lstrip("\r\n") if parts else text
+    if tail:
+        parts.append(Part.of_text(tail))
+    return parts
+
+
+class MediaBinder:
+    """Hands out a record's top-level media in order as placeholders are met."""
+
+    def __init__(self, record: dict, tokens: dict[str, str] | None = None):
+        media = media_of(record)
+        self.queues = {k: [m for m in media if m.kind == k] for k in ("image", "video")}
+        self.given = {k: len(q) for k, q in self.queues.items()}
+        self.keys = {"image": "images" if "images" in record else "image",
+                     "video": "videos" if "videos" in record else "video"}
+        self.tokens = tokens or {"image": "image", "video": "video"}  # placeholder -> media kind
+        self.used = 0
+
+    def take(self, kind: str, field: str) -> Media:
+        if not self.queues[kind]:
+            raise RecordError("placeholder_mismatch", f"{field} refers to {kind} #{self.given[kind] + 1} "
+                              f"but '{self.keys[kind]}' lists {self.given[kind]}", field=field)
+        self.used += 1
+        return self.queues[kind].pop(0)
+
+    def split(self, text: str, field: str) -> list[Part]:
+        return split_around(text, PLACEHOLDER,
+                            lambda m: Part.of_media(self.take(self.tokens[m.group(1)], field)))
+
+    def finish(self, implicit: Turn | None = None) -> None:
+        """Check every medium was placed; with no placeholders at all, `implicit` takes them first."""
+        left = self.queues["image"] + self.queues["video"]
+        if implicit is not None and self.used == 0 and left:
+            implicit.parts[:0] = [Part.of_media(m) for m in left]
+            return
+        for kind, queue in self.queues.items():
+            if queue:
+                placed = self.given[kind] - len(queue)
+                raise RecordError("placeholder_mismatch", f"'{self.keys[kind]}' lists {self.given[kind]} "
+                                  f"{kind}(s) but the text has {placed} <{kind}> placeholder(s)",
+                                  field=self.keys[kind])
+
+
+def string_content(value, field: str, binder: MediaBinder) -> list[Part]:
+    if not isinstance(value, str):
+        raise RecordError("bad_field_type", f"field '{field}' must be text, got {type(value).__name__}",
+                          field=field)
+    return binder.split(value, field)
+
+
+def _keys(msg: dict) -> tuple[str, str]:
+    return ("from", "value") if "from" in msg else ("role", "content")
+
+
+def _role(msg: dict, name: str) -> str:
+    role_key = _keys(msg)[0]
+    field, role = f"{name}.{role_key}", msg.get(role_key)
+    if role is None:
+        raise RecordError("missing_field", f"field '{field}' is missing", field=field)
+    if not isinstance(role, str):
+        raise RecordError("bad_field_type", f"field '{field}' must be a role name", field=field)
+    if role.lower() not in ROLES:
+        why = "tool turns are not supported" if role.lower() in TOOL_ROLES else "unknown role"
+        raise RecordError("bad_role_order", f"{field} is {role!r}: {why}; use "
+                          "system/user/assistant (or human/gpt)", field=field)
+    return ROLES[role.lower()]
+
+
+def assistant_turn(msg: dict, name: str) -> Turn:
+    """An assistant message: text (string or text parts) and its reasoning, inline or in a key."""
+    field = f"{name}.{_keys(msg)[1]}"
+    reasoning = None
+    for key in REASONING_KEYS:
+        if msg.get(key):
+            reasoning = msg[key]
+            if not isinstance(reasoning, str):
+                raise RecordError("bad_field_type", f"field '{name}.{key}' must be text", field=f"{name}.{key}")
+            break
+    value = msg.get(_keys(msg)[1])
+    if isinstance(value, list):
+        if any(not isinstance(p, dict) or not isinstance(p.get("text"), str) for p in value):
+            raise RecordError("bad_field_type", f"field '{field}' may hold only text parts in an "
+                              "assistant turn", field=field)
+        value = "".join(p["text"] for p in value)
+    return reply_turn("" if value is None else value, field, reasoning)
+
+
+def message_turn(msg, name: str, binder: MediaBinder, content: ContentParser = string_content) -> Turn:
+    if not isinstance(msg, dict):
+        raise RecordError("bad_field_type", f"field '{name}' must be a message object", field=name)
+    role = _role(msg, name)
+    if role == "assistant":
+        return assistant_turn(msg, name)
+    field = f"{name}.{_keys(msg)[1]}"
+    if msg.get(_keys(msg)[1]) is None:
+        raise RecordError("missing_field", f"field '{field}' is missing", field=field)
+    return Turn(role, content(msg[_keys(msg)[1]], field, binder))
+
+
+def read_turns(messages, key: str, binder: MediaBinder,
+               content: ContentParser = string_content) -> tuple[list[Turn], list[str]]:
+    """Turns of a message list and each turn's field name (`key[i]`)."""
+    if messages is None:
+        raise RecordError("missing_field", f"field '{key}' is missing", field=key)
+    if not isinstance(messages, list):
+        raise RecordError("bad_field_type", f"field '{key}' must be a list of messages", field=key)
+    if not messages:
+        raise RecordError("missing_field", f"field '{key}' is empty", field=key)
+    names = [f"{key}[{i}]" for i in range(len(messages))]
+    return [message_turn(m, n, binder, content) for m, n in zip(messages, names)], names
+
+
+def reply_of(value, key: str) -> Turn:
+    """A DPO reply: a string, one assistant message, or a list holding one assistant message."""
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise RecordError("bad_field_type", f"field '{key}' must hold exactly one assistant "
+                              f"message, got {len(value)}", field=key)
+        value, key = value[0], f"{key}[0]"
+    if isinstance(value, dict):
+        if _keys(value)[0] in value and _role(value, key) != "assistant":
+            field = f"{key}.{_keys(value)[0]}"
+            raise RecordError("bad_role_order", f"{field} must be an assistant reply", field=field)
+        return assistant_turn(value, key)
+    return reply_turn(value, key)
+
+
+def read_dialogue(record: dict, origin: Origin, key: str, binder: MediaBinder,
+                  content: ContentParser = string_content, implicit: bool = False):
+    """A message-list record -> Conversation, or PreferencePair when it carries a rejected reply.
+
+    `implicit=True` (LLaVA, old ms-swift): media with no placeholder at all go before the
+    first user text.
+    """
+    turns, names = read_turns(record.get(key), key, binder, content)
+    system = require_text(record, "system", optional=True)
+    if system:
+        turns, names = [Turn("system", [Part.of_text(system)])] + turns, ["system"] + names
+    binder.finish(next((t for t in turns if t.role == "user"), None) if implicit else None)
+    meta = {k: record[k] for k in ("id",) if k in record}
+    if "chosen" in record or "rejected" in record:           # LLaMA-Factory DPO
+        check_roles(turns, prompt=True, names=names)
+        return PreferencePair(turns, reply_of(record.get("chosen"), "chosen"),
+                              reply_of(record.get("rejected"), "rejected"), origin, meta)
+    check_roles(turns, names=names)
+    if "rejected_response" in record:                        # ms-swift DPO
+        return PreferencePair(turns[:-1], turns[-1], reply_of(record["rejected_response"],
+                              "rejected_response"), origin, meta)
+    return Conversation(turns, origin, meta)
+
+
+@register("sharegpt", _is_sharegpt)
+def read_sharegpt(record: dict, origin: Origin):
+    key = "messages" if "messages" in record else "conversations"
+    return read_dialogue(record, origin, key, MediaBinder(record))

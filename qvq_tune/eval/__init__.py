@@ -1,0 +1,1 @@
+"""Evaluation stage: generation, answer extraction and matching, reasoning diagnostics."""

@@ -1,0 +1,121 @@
+"""Merge a LoRA adapter into the base model's full-precision weights and verify the merge.
+
+The base is always loaded unquantised (a QLoRA adapter trained on 4-bit weights is merged
+into the bf16/fp32 originals, never into 4-bit ones). The merged model is saved in the
+export dtype (bf16 by default), then reloaded and compared with base + adapter on real
+samples (see `MergeCheck`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..models.loading import load_model, load_processor
+from ..paths import atomic_dir, write_json_atomic
+
+
+@dataclass
+class MergeCheck:
+    """Two comparisons against base + adapter (unmerged, fp32) on real samples.
+
+    `exact_*`: the merge itself, in fp32 before any cast; must agree to rounding error.
+    `saved_*`: the saved model in the export dtype; bf16 rounding moves logits a little,
+    so it must keep the greedy token on the positions that carry loss (the replies).
+    """
+    samples: int
+    exact_max_abs_logit_diff: float
+    saved_max_abs_logit_diff: float
+    saved_mean_abs_logit_diff: float
+    saved_top1_agreement: float            # all positions
+    saved_reply_top1_agreement: float      # positions that carry labels (reasoning + answer)
+    adapter_effect: float                  # mean |logits(base+adapter) - logits(base)|: not a no-op
+    passed: bool
+
+
+def _assert_unquantised(model) -> None:
+    for name, module in model.named_modules():
+        if type(module).__name__ in ("Linear4bit", "Linear8bitLt"):
+            raise RuntimeError(f"refusing to merge into quantised module {name}")
+
+
+@torch.no_grad()
+def _logits(model, batch) -> torch.Tensor:
+    out = model(**batch).logits.float()
+    inner = getattr(model, "model", None)
+    if inner is not None and hasattr(inner, "rope_deltas"):
+        inner.rope_deltas = None
+    return out
+
+
+def verify_merge(base_dir: str, adapter_dir: str, merged_dir: str, batch: dict, reply_mask: torch.Tensor,
+                 *, exact_tolerance: float = 1e-3, reply_top1: float = 0.99) -> MergeCheck:
+    """`batch` is a collated model input; `reply_mask` marks the positions whose next token
+    is part of a reply (labels shifted by one)."""
+    from peft import PeftModel
+    base = load_model(base_dir, dtype="float32").eval()
+    base_logits = _logits(base, batch)
+    reference = PeftModel.from_pretrained(base, adapter_dir).eval()
+    ref_logits = _logits(reference, batch)
+    exact_logits = _logits(reference.merge_and_unload().eval(), batch)
+    saved_logits = _logits(load_model(merged_dir, dtype="float32").eval(), batch)
+    mask = batch["attention_mask"].bool()
+    scale = ref_logits[mask].abs().max().item()
+    exact = (exact_logits - ref_logits).abs()[mask].max().item()
+    saved = (saved_logits - ref_logits).abs()[mask]
+    same = saved_logits.argmax(-1) == ref_logits.argmax(-1)
+    reply_same = same[reply_mask].float().mean().item() if reply_mask.any() else 1.0
+    return MergeCheck(
+        samples=int(batch["input_ids"].shape[0]), exact_max_abs_logit_diff=exact,
+        saved_max_abs_logit_diff=saved.max().item(), saved_mean_abs_logit_diff=saved.mean().item(),
+        saved_top1_agreement=same[mask].float().mean().item(), saved_reply_top1_agreement=reply_same,
+        adapter_effect=(ref_logits - base_logits).abs()[mask].mean().item(),
+        passed=exact <= exact_tolerance * max(scale, 1.0) and reply_same >= reply_top1)
+
+
+def reply_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Positions whose next-token prediction is scored (labels shifted left by one)."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != -100
+    return mask
+
+
+def merge_adapter(base_dir: str, adapter_dir: str, out_dir: str | Path, *, dtype: str = "bfloat16") -> Path:
+    from peft import PeftModel
+    base = load_model(base_dir, dtype="float32")
+    _assert_unquantised(base)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged = merged.to(getattr(torch, dtype))
+    processor = load_processor(base_dir)
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        merged.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        identity = Path(base_dir) / "qvq_tune.json"
+        if identity.is_file():
+            shutil.copy(identity, tmp / "base_qvq_tune.json")
+    return out_dir
+
+
+def export_run(base_dir: str, adapter_dir: str, out_dir: str | Path, verify_batch: dict,
+               *, dtype: str = "bfloat16") -> dict:
+    """Merge, copy the adapter, verify on `verify_batch` (a collated batch with labels)."""
+    verify_batch = dict(verify_batch)
+    replies = reply_positions(verify_batch.pop("labels"))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    merged_dir = merge_adapter(base_dir, adapter_dir, out_dir / "merged", dtype=dtype)
+    adapter_copy = out_dir / "adapter"
+    if adapter_copy.exists():
+        shutil.rmtree(adapter_copy)
+    shutil.copytree(adapter_dir, adapter_copy)
+    check = verify_merge(base_dir, adapter_dir, str(merged_dir), verify_batch, replies)
+    report = {"merged": str(merged_dir), "adapter": str(adapter_copy), "dtype": dtype,
+              "verification": asdict(check)}
+    write_json_atomic(out_dir / "export_report.json", report)
+    if not check.passed:
+        raise RuntimeError(f"merged model disagrees with base + adapter: {asdict(check)}")
+    return report

@@ -1,0 +1,177 @@
+"""The family registry: one `ModelFamily` record per Qwen VL architecture.
+
+Everything model-specific that the rest of the toolkit needs is read from here: the
+transformers classes, which modules LoRA targets, which prefixes make up the vision
+tower and the vision-language merger (frozen in QLoRA recipes), the chat-template
+specifics and how the family writes its reasoning. Known public checkpoints are listed
+as `Checkpoint` records carrying their licence and default system prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..errors import UserError
+
+ReasoningStyle = Literal["qvq", "think", "answer-only"]
+LicenseId = Literal["apache-2.0", "qwen", "qwen-research"]
+
+QVQ_SYSTEM_PROMPT = ("You are a helpful and harmless assistant. You are Qwen developed by Alibaba. "
+                     "You should think step-by-step.")
+QWEN_SYSTEM_PROMPT = "You are a helpful assistant."
+
+# The attention and MLP projections of the Qwen2 / Qwen3 decoder layers.
+DENSE_LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# MoE layers keep their experts as fused 3-D parameters (not nn.Linear): attention only.
+MOE_LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    model_types: tuple[str, ...]            # config.json "model_type" values
+    model_class: str                        # transformers class for image-text-to-text
+    processor_class: str
+    image_processor_class: str
+    video_processor_class: str
+    lora_targets: tuple[str, ...]           # leaf module names inside the language model
+    language_model_prefix: str              # module path of the decoder
+    vision_prefixes: tuple[str, ...]        # vision tower (frozen by default)
+    merger_prefixes: tuple[str, ...]        # vision -> language projection(s)
+    vision_lora_pattern: str                # Linear layers under model.visual, as a regex
+    chat_template: str                      # file in models/chat_templates/
+    default_system_prompt: str | None       # what the template inserts when none is given
+    reasoning_style: ReasoningStyle         # how the family's reasoning models write traces
+    patch_size: int
+    merge_size: int = 2
+    temporal_patch_size: int = 2
+    image_token: str = "<|image_pad|>"
+    video_token: str = "<|video_pad|>"
+    vision_start: str = "<|vision_start|>"
+    vision_end: str = "<|vision_end|>"
+    turn_end: str = "<|im_end|>"
+    assistant_header: str = "<|im_start|>assistant\n"
+    think_tokens: tuple[str, str] | None = None
+    is_moe: bool = False
+
+    @property
+    def pixel_factor(self) -> int:
+        """Image sides are rounded to multiples of this (patch x merge)."""
+        return self.patch_size * self.merge_size
+
+    def lora_target_regex(self, include_vision: bool = False) -> str:
+        """A PEFT `target_modules` regex matching the projections of the language model
+        (and, optionally, every Linear in the vision tower and merger)."""
+        names = "|".join(self.lora_targets)
+        lm = rf"{_re(self.language_model_prefix)}\.layers\.\d+\.(self_attn|mlp)\.({names})"
+        if not include_vision:
+            return rf"^{lm}$"
+        return rf"^({lm}|model\.visual\.({self.vision_lora_pattern}))$"
+
+
+def _re(prefix: str) -> str:
+    return prefix.replace(".", r"\.")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A public checkpoint, so detection can name it and export can gate on its licence."""
+    repo_id: str
+    family: str
+    license: LicenseId
+    reasoning_style: ReasoningStyle
+    system_prompt: str | None = QWEN_SYSTEM_PROMPT
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
+    ModelFamily(
+        name="qwen2_vl", model_types=("qwen2_vl",),
+        model_class="Qwen2VLForConditionalGeneration", processor_class="Qwen2VLProcessor",
+        image_processor_class="Qwen2VLImageProcessor", video_processor_class="Qwen2VLVideoProcessor",
+        lora_targets=DENSE_LM_PROJECTIONS, language_model_prefix="model.language_model",
+        vision_prefixes=("model.visual.patch_embed", "model.visual.blocks"),
+        merger_prefixes=("model.visual.merger",),
+        vision_lora_pattern=r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))|merger\.mlp\.[02]",
+        chat_template="qwen2_vl.jinja", default_system_prompt=QWEN_SYSTEM_PROMPT,
+        reasoning_style="qvq", patch_size=14,
+    ),
+    ModelFamily(
+        name="qwen2_5_vl", model_types=("qwen2_5_vl",),
+        model_class="Qwen2_5_VLForConditionalGeneration", processor_class="Qwen2_5_VLProcessor",
+        image_processor_class="Qwen2VLImageProcessor", video_processor_class="Qwen2VLVideoProcessor",
+        lora_targets=DENSE_LM_PROJECTIONS, language_model_prefix="model.language_model",
+        vision_prefixes=("model.visual.patch_embed", "model.visual.blocks"),
+        merger_prefixes=("model.visual.merger",),
+        vision_lora_pattern=r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate_proj|up_proj|down_proj))|merger\.mlp\.[02]",
+        chat_template="qwen2_5_vl.jinja", default_system_prompt=QWEN_SYSTEM_PROMPT,
+        reasoning_style="qvq", patch_size=14,
+    ),
+    ModelFamily(
+        name="qwen3_vl", model_types=("qwen3_vl",),
+        model_class="Qwen3VLForConditionalGeneration", processor_class="Qwen3VLProcessor",
+        image_processor_class="Qwen2VLImageProcessor", video_processor_class="Qwen3VLVideoProcessor",
+        lora_targets=DENSE_LM_PROJECTIONS, language_model_prefix="model.language_model",
+        vision_prefixes=("model.visual.patch_embed", "model.visual.pos_embed", "model.visual.blocks"),
+        merger_prefixes=("model.visual.merger", "model.visual.deepstack_merger_list"),
+        vision_lora_pattern=(r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.linear_fc[12])"
+                             r"|(merger|deepstack_merger_list\.\d+)\.linear_fc[12]"),
+        chat_template="qwen3_vl_thinking.jinja", default_system_prompt=None,
+        reasoning_style="think", patch_size=16, think_tokens=("<think>", "</think>"),
+    ),
+    ModelFamily(
+        name="qwen3_vl_moe", model_types=("qwen3_vl_moe",),
+        model_class="Qwen3VLMoeForConditionalGeneration", processor_class="Qwen3VLProcessor",
+        image_processor_class="Qwen2VLImageProcessor", video_processor_class="Qwen3VLVideoProcessor",
+        lora_targets=MOE_LM_PROJECTIONS, language_model_prefix="model.language_model",
+        vision_prefixes=("model.visual.patch_embed", "model.visual.pos_embed", "model.visual.blocks"),
+        merger_prefixes=("model.visual.merger", "model.visual.deepstack_merger_list"),
+        vision_lora_pattern=(r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.linear_fc[12])"
+                             r"|(merger|deepstack_merger_list\.\d+)\.linear_fc[12]"),
+        chat_template="qwen3_vl_thinking.jinja", default_system_prompt=None,
+        reasoning_style="think", patch_size=16, think_tokens=("<think>", "</think>"), is_moe=True,
+    ),
+)}
+
+
+def _ckpt(repo_id, family, license, style="answer-only", system=QWEN_SYSTEM_PROMPT):
+    return Checkpoint(repo_id=repo_id, family=family, license=license, reasoning_style=style,
+                      system_prompt=system)
+
+
+CHECKPOINTS: dict[str, Checkpoint] = {c.repo_id: c for c in (
+    _ckpt("Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl", "apache-2.0"),
+    _ckpt("Qwen/Qwen2-VL-7B-Instruct", "qwen2_vl", "apache-2.0"),
+    _ckpt("Qwen/Qwen2-VL-72B-Instruct", "qwen2_vl", "qwen"),
+    _ckpt("Qwen/QVQ-72B-Preview", "qwen2_vl", "qwen", "qvq", QVQ_SYSTEM_PROMPT),
+    _ckpt("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl", "qwen-research"),
+    _ckpt("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", "apache-2.0"),
+    _ckpt("Qwen/Qwen2.5-VL-32B-Instruct", "qwen2_5_vl", "apache-2.0"),
+    _ckpt("Qwen/Qwen2.5-VL-72B-Instruct", "qwen2_5_vl", "qwen"),
+    *(_ckpt(f"Qwen/Qwen3-VL-{size}-{kind}", "qwen3_vl", "apache-2.0",
+            "think" if kind == "Thinking" else "answer-only", None)
+      for size in ("2B", "4B", "8B", "32B") for kind in ("Instruct", "Thinking")),
+    *(_ckpt(f"Qwen/Qwen3-VL-{size}-{kind}", "qwen3_vl_moe", "apache-2.0",
+            "think" if kind == "Thinking" else "answer-only", None)
+      for size in ("30B-A3B", "235B-A22B") for kind in ("Instruct", "Thinking")),
+)}
+
+
+def supported_names() -> list[str]:
+    return sorted(FAMILIES)
+
+
+def get_family(name: str) -> ModelFamily:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise UserError(f"unknown model family {name!r}; supported: {', '.join(supported_names())}",
+                        key="family") from None
+
+
+def family_for_model_type(model_type: str) -> ModelFamily | None:
+    for fam in FAMILIES.values():
+        if model_type in fam.model_types:
+            return fam
+    return None

@@ -1,0 +1,135 @@
+"""Synthetic "proprietary diagram" tasks built from primitives the tiny base can read.
+
+Each task stands in for a company's own diagrams: a schematic whose symbols are parts,
+a question only the company's domain knowledge answers (what a part costs, what it
+draws), a step-by-step trace that refers to what is in the image, and a checkable
+final answer. The base model was pre-trained only to name colours, shapes and counts,
+so it does poorly until tuned. Each task also writes DPO rejections: a plausible wrong
+trace, a looping trace and a language-mixed trace.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+from .scenes import Scene
+from .vocabulary import COLOURS, SHAPES, plural
+
+PART_OF_SHAPE = {"circle": "valve", "square": "pump", "triangle": "sensor"}
+PRICE_OF_SHAPE = {"circle": 2, "square": 3, "triangle": 5}
+AMPS_OF_COLOUR = {"red": 1, "green": 2, "blue": 3, "yellow": 4, "purple": 5, "orange": 6}
+SPEC_MIN_COUNT = 3
+
+
+@dataclass(frozen=True)
+class Worked:
+    """One worked example: the question, the reasoning steps and the final answer."""
+    question: str
+    steps: tuple[str, ...]
+    answer: str
+
+    @property
+    def reasoning(self) -> str:
+        return " ".join(self.steps)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    description: str
+    solve: Callable[[Scene], Worked]
+    wrong_value: Callable[[Scene, random.Random], Scene]   # a near-miss reading of the image
+
+
+def _seen(scene: Scene) -> str:
+    return f"The schematic shows {scene.count} {scene.colour} {plural(scene.shape, scene.count)}."
+
+
+def _parts_cost(scene: Scene) -> Worked:
+    part, price = PART_OF_SHAPE[scene.shape], PRICE_OF_SHAPE[scene.shape]
+    total = scene.count * price
+    return Worked(
+        question="What do the parts in this schematic cost in total?",
+        steps=(_seen(scene), f"Each {scene.shape} is a {part}.", f"A {part} costs {price}.",
+               f"{scene.count} x {price} = {total}."),
+        answer=str(total))
+
+
+def _rated_load(scene: Scene) -> Worked:
+    amps = AMPS_OF_COLOUR[scene.colour]
+    total = scene.count * amps
+    return Worked(
+        question="What current do the parts in this schematic draw in total?",
+        steps=(_seen(scene), f"Each {scene.colour} part draws {amps} A.", f"{scene.count} x {amps} = {total}."),
+        answer=f"{total} A")
+
+
+def _spec_check(scene: Scene) -> Worked:
+    part = PART_OF_SHAPE[scene.shape]
+    n_sensors = scene.count if scene.shape == "triangle" else 0
+    ok = n_sensors >= SPEC_MIN_COUNT
+    return Worked(
+        question=f"The spec needs at least {SPEC_MIN_COUNT} sensors. Does this schematic meet the spec?",
+        steps=(_seen(scene), f"Each {scene.shape} is a {part}.",
+               f"So there {'is' if n_sensors == 1 else 'are'} {n_sensors} {plural('sensor', n_sensors)}.",
+               f"{n_sensors} is {'at least' if ok else 'less than'} {SPEC_MIN_COUNT}."),
+        answer="yes" if ok else "no")
+
+
+def _miscount(scene: Scene, rng: random.Random) -> Scene:
+    n = scene.count + rng.choice([-1, 1]) if 1 < scene.count < 4 else (2 if scene.count == 1 else 3)
+    cells = tuple(range(n))
+    return Scene(scene.shape, scene.colour, cells, tuple((0, 0, 0) for _ in cells))
+
+
+def _recolour(scene: Scene, rng: random.Random) -> Scene:
+    colour = rng.choice([c for c in sorted(COLOURS) if c != scene.colour])
+    return Scene(scene.shape, colour, scene.cells, scene.jitter)
+
+
+def _reshape(scene: Scene, rng: random.Random) -> Scene:
+    shape = rng.choice([s for s in SHAPES if s != scene.shape])
+    return Scene(shape, scene.colour, scene.cells, scene.jitter)
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task("parts_cost", "bill of materials: count the parts, price them, add up", _parts_cost,
+         lambda s, rng: (_miscount if rng.random() < 0.5 else _reshape)(s, rng)),
+    Task("rated_load", "electrical load: each part's colour sets its current rating", _rated_load,
+         lambda s, rng: (_miscount if rng.random() < 0.5 else _recolour)(s, rng)),
+    Task("spec_check", "compliance check: does the schematic have enough sensors?", _spec_check,
+         lambda s, rng: (_miscount if rng.random() < 0.5 else _reshape)(s, rng)),
+)}
+
+# Words a Chinese-mixing trace swaps in (QVQ's known language-mixing failure).
+_ZH = {"The schematic shows": "示意图显示", "Each": "每个", "costs": "价格是", "So there": "所以有",
+       "draws": "消耗", "is a": "是一个"}
+
+
+def looping(worked: Worked, rng: random.Random) -> str:
+    """A trace that circles back over its first observation before it answers."""
+    first = worked.steps[0]
+    loop = [first, "Wait, let me look again.", first, "Let me check once more.", first]
+    return " ".join(loop + list(worked.steps[1:rng.randint(1, len(worked.steps))]))
+
+
+def language_mixed(worked: Worked) -> str:
+    text = worked.reasoning
+    for en, zh in _ZH.items():
+        text = text.replace(en, zh)
+    return text
+
+
+def all_task_phrasebooks() -> list[str]:
+    """Every sentence template of every task, for the tokenizer corpus."""
+    from .scenes import Scene as S
+    lines = []
+    for task in TASKS.values():
+        for shape in SHAPES:
+            for colour in sorted(COLOURS):
+                for n in range(0, 5):
+                    w = task.solve(S(shape, colour, tuple(range(n)), ((0, 0, 0),) * n))
+                    lines += [w.question, w.reasoning, w.answer]
+    return lines

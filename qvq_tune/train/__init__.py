@@ -1,0 +1,1 @@
+"""Training stage: typed recipes, collators, and short setup flows around TRL's trainers."""

@@ -1,0 +1,366 @@
+"""Readers: every input format -> canonical Conversation / PreferencePair, and every error code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qvq_tune.data.messages import Conversation, Media, Origin, Part, PreferencePair, Turn
+from qvq_tune.data.quarantine import RecordError
+from qvq_tune.data.readers import ReaderOptions, parse
+from qvq_tune.data.readers import base
+from qvq_tune.data.readers.base import check_roles
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "data_templates"
+ORIGIN = Origin("test.jsonl", line=1)
+URI = "data:image/png;base64,iVBORw0KGgo="
+
+
+def read(record, fmt="auto", columns=None):
+    return parse(record, ORIGIN, ReaderOptions(format=fmt, columns=columns or {}))
+
+
+def fails(record, code, field, fmt="auto", columns=None):
+    with pytest.raises(RecordError) as info:
+        read(record, fmt, columns)
+    assert (info.value.code, info.value.field) == (code, field), info.value.message
+    return info.value
+
+
+def shape(turn: Turn) -> list:
+    """Parts as compact tuples: ("text", s) / ("image", source) / ("video", source or frames)."""
+    return [("text", p.text) if p.kind == "text" else (p.kind, p.media.source or p.media.frames)
+            for p in turn.parts]
+
+
+def image(src):
+    return ("image", src)
+
+
+def sg(*pairs, **extra):
+    """A ShareGPT record from alternating human/gpt values."""
+    conv = [{"from": "human" if i % 2 == 0 else "gpt", "value": v} for i, v in enumerate(pairs)]
+    return {"conversations": conv, **extra}
+
+
+def matching_readers(record) -> list[str]:
+    base._load_all()
+    return [name for name, (detect, _) in base._READERS.items() if detect(record)]
+
+
+# ---------------------------------------------------------------- sharegpt / LLaMA-Factory
+
+def test_sharegpt_multi_turn_images_in_later_turns():
+    ex = read(sg("<image>What is this?", "A square.", "Compare <image> with <image>, please.", "Same size.",
+                 images=["a.png", "b.png", "c.png"], system="Be brief."))
+    assert isinstance(ex, Conversation)
+    assert [t.role for t in ex.turns] == ["system", "user", "assistant", "user", "assistant"]
+    assert shape(ex.turns[1]) == [image("a.png"), ("text", "What is this?")]
+    assert shape(ex.turns[3]) == [("text", "Compare "), image("b.png"), ("text", " with "),
+                                  image("c.png"), ("text", ", please.")]
+    assert ex.turns[0].text == "Be brief."
+
+
+def test_sharegpt_role_content_and_reasoning_keys():
+    for key in ("reasoning_content", "reasoning", "thinking"):
+        ex = read({"messages": [{"role": "user", "content": "q"},
+                                {"role": "assistant", "content": "42", key: "trace"}]})
+        assert (ex.turns[-1].reasoning, ex.turns[-1].text) == ("trace", "42")
+
+
+def test_sharegpt_inline_think_and_qvq_final_answer():
+    ex = read(sg("q", "<think>\nstep\n</think>\n\nfour", "again?",
+                 "I count again.\n\n**Final Answer**\n\n\\[ \\boxed{4} \\]"))
+    assert (ex.turns[1].reasoning, ex.turns[1].text) == ("step", "four")
+    assert (ex.turns[3].reasoning, ex.turns[3].text) == ("I count again.", "4")
+
+
+def test_sharegpt_video_file_and_frames_and_single_path():
+    ex = read(sg("<video><video>Which moves?", "the dot", videos=["clip.mp4", ["f0.png", "f1.png"]]))
+    assert shape(ex.turns[0]) == [("video", "clip.mp4"), ("video", ("f0.png", "f1.png")),
+                                  ("text", "Which moves?")]
+    ex = read(sg("<image>Hi", "ok", images="one.png"))
+    assert shape(ex.turns[0]) == [image("one.png"), ("text", "Hi")]
+
+
+def test_sharegpt_dpo_llamafactory_shape():
+    ex = read({"conversations": [{"from": "human", "value": "<image>How many?"}],
+               "chosen": {"from": "gpt", "value": "<think>count</think>2"},
+               "rejected": {"role": "assistant", "content": "3"}, "images": ["s.png"]})
+    assert isinstance(ex, PreferencePair)
+    assert shape(ex.prompt[0]) == [image("s.png"), ("text", "How many?")]
+    assert (ex.chosen.reasoning, ex.chosen.text, ex.rejected.text) == ("count", "2", "3")
+
+
+def test_swift3_messages_rows_and_rejected_response():
+    row = {"messages": [{"role": "user", "content": "<image>Colour?"},
+                        {"role": "assistant", "content": "red"}], "images": ["r.png"]}
+    assert matching_readers(row) == ["sharegpt"]
+    assert shape(read(row).turns[0]) == [image("r.png"), ("text", "Colour?")]
+    pair = read({**row, "rejected_response": "blue"})
+    assert isinstance(pair, PreferencePair)
+    assert (len(pair.prompt), pair.chosen.text, pair.rejected.text) == (1, "red", "blue")
+
+
+# ---------------------------------------------------------------- LLaVA
+
+def test_llava_placeholder_and_implicit_image():
+    ex = read(sg("<image>\nWhat colour?", "Red.", "Shape?", "Square.", image="a.png"))
+    assert shape(ex.turns[0]) == [image("a.png"), ("text", "What colour?")]
+    ex = read(sg("Describe.", "A circle.", image="b.png"))           # no placeholder: image first
+    assert shape(ex.turns[0]) == [image("b.png"), ("text", "Describe.")]
+    ex = read(sg("Look: <image> and <image>", "ok", image=["a.png", "b.png"]))
+    assert shape(ex.turns[0]) == [("text", "Look: "), image("a.png"), ("text", " and "), image("b.png")]
+
+
+def test_llava_video_only_uses_image_placeholder():
+    ex = read(sg("<image>\nWhat happens?", "It moves.", video="clip.mp4"))
+    assert shape(ex.turns[0]) == [("video", "clip.mp4"), ("text", "What happens?")]
+
+
+# ---------------------------------------------------------------- OpenAI / Qwen / TRL messages
+
+def test_messages_parts_data_uri_url_and_video():
+    ex = read({"messages": [
+        {"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": URI}},
+            {"type": "image_url", "image_url": "https://example.com/x.png"},
+            {"type": "image", "image": "file:///data/a.png"},
+            {"image": "b.png"}, {"text": "and"},                       # Qwen: untyped parts
+            {"type": "video", "video": "clip.mp4"},
+            {"type": "video", "video": ["f0.png", "f1.png"]},
+            {"type": "text", "text": "What?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Things."}], "reasoning_content": "r"}]})
+    assert shape(ex.turns[0]) == [image(URI), image("https://example.com/x.png"), image("/data/a.png"),
+                                  image("b.png"), ("text", "and"), ("video", "clip.mp4"),
+                                  ("video", ("f0.png", "f1.png")), ("text", "What?")]
+    assert (ex.turns[1].text, ex.turns[1].reasoning) == ("Things.", "r")
+
+
+def test_messages_multi_turn_with_image_in_later_turn():
+    ex = read({"messages": [
+        {"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi."},
+        {"role": "user", "content": [{"type": "image", "image": "late.png"}, {"type": "text", "text": "This?"}]},
+        {"role": "assistant", "content": "A dog."}]})
+    assert shape(ex.turns[0]) == [("text", "Hello")]
+    assert shape(ex.turns[2]) == [image("late.png"), ("text", "This?")]
+
+
+def test_messages_trl_image_parts_bind_top_level_images():
+    ex = read({"images": ["a.png", "b.png"], "prompt": [{"role": "user", "content": [
+        {"type": "image"}, {"type": "image"}, {"type": "text", "text": "Same?"}]}],
+        "chosen": [{"role": "assistant", "content": "No."}], "rejected": [{"role": "assistant", "content": "Yes."}]})
+    assert isinstance(ex, PreferencePair)
+    assert shape(ex.prompt[0]) == [image("a.png"), image("b.png"), ("text", "Same?")]
+    assert (ex.chosen.text, ex.rejected.text) == ("No.", "Yes.")
+
+
+def test_messages_trl_string_prompt_and_completion():
+    pair = read({"prompt": "<image>Colour?", "images": "a.png", "chosen": "red", "rejected": "blue"})
+    assert shape(pair.prompt[0]) == [image("a.png"), ("text", "Colour?")]
+    conv = read({"prompt": [{"role": "user", "content": "2+2?"}],
+                 "completion": [{"role": "assistant", "content": "<think>add</think>4"}]})
+    assert isinstance(conv, Conversation) and (conv.turns[1].reasoning, conv.turns[1].text) == ("add", "4")
+
+
+@pytest.mark.parametrize("keys", [("chosen_messages", "rejected_messages"), ("chosen", "rejected")])
+def test_messages_full_conversation_pairs(keys):
+    user = {"role": "user", "content": [{"type": "image", "image": URI}, {"type": "text", "text": "Shape?"}]}
+    ex = read({keys[0]: [user, {"role": "assistant", "content": "triangle"}],
+               keys[1]: [user, {"role": "assistant", "content": "square"}]})
+    assert isinstance(ex, PreferencePair)
+    assert shape(ex.prompt[0]) == [image(URI), ("text", "Shape?")]
+    assert (ex.chosen.text, ex.rejected.text) == ("triangle", "square")
+
+
+def test_messages_full_pairs_must_share_prefix():
+    fails({"chosen_messages": [{"role": "user", "content": [{"type": "text", "text": "a"}]},
+                               {"role": "assistant", "content": "x"}],
+           "rejected_messages": [{"role": "user", "content": [{"type": "text", "text": "b"}]},
+                                 {"role": "assistant", "content": "y"}]},
+          "bad_field_type", "rejected_messages")
+
+
+# ---------------------------------------------------------------- ms-swift query/response/history
+
+def test_swift_history_inline_img_and_placeholders():
+    ex = read({"system": "sys", "history": [["<image>First?", "one"], ["Then?", "two"]],
+               "query": "Compare <img>inline.png</img> with <image>", "response": "same",
+               "images": ["h.png", "q.png"]})
+    assert [t.role for t in ex.turns] == ["system", "user", "assistant", "user", "assistant", "user", "assistant"]
+    assert shape(ex.turns[1]) == [image("h.png"), ("text", "First?")]
+    assert shape(ex.turns[5]) == [("text", "Compare "), image("inline.png"), ("text", " with "), image("q.png")]
+
+
+def test_swift_images_without_placeholder_go_first_and_dpo():
+    ex = read({"history": [["Hi", "Hello"]], "query": "What?", "response": "x", "images": "a.png"})
+    assert shape(ex.turns[0]) == [image("a.png"), ("text", "Hi")]
+    pair = read({"query": "q", "response": "<think>t</think>good", "rejected_response": "bad"})
+    assert isinstance(pair, PreferencePair) and (pair.chosen.reasoning, pair.rejected.text) == ("t", "bad")
+
+
+# ---------------------------------------------------------------- native, column mapping, role check
+
+def test_native_checks_roles():
+    ex = read({"images": ["a.png"], "question": "q", "answer": "a"})
+    assert [t.role for t in ex.turns] == ["user", "assistant"]
+    fails({"question": "q", "answer": "  "}, "empty_assistant", "answer")
+
+
+def test_column_mapping_every_format():
+    ex = read({"dialog": [{"role": "user", "content": "<image>Hi"}, {"role": "assistant", "content": "ok"}],
+               "pics": "p.png"}, columns={"messages": "dialog", "images": "pics"})
+    assert shape(ex.turns[0]) == [image("p.png"), ("text", "Hi")]
+    ex = read({"chat": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}], "img": "i.png"},
+              columns={"conversations": "chat", "image": "img"})
+    assert shape(ex.turns[0]) == [image("i.png"), ("text", "x")]
+    ex = read({"q": "x", "a": "y"}, columns={"query": "q", "response": "a"})
+    assert ex.turns[-1].text == "y"
+    ex = read({"problem": "p", "solution": "s", "image_path": "i.png"},
+              columns={"question": "problem", "answer": "solution", "images": "image_path"})
+    assert shape(ex.turns[0]) == [image("i.png"), ("text", "p")]
+
+
+def test_check_roles_directly():
+    u, a, s = (Turn(r, [Part.of_text("x")]) for r in ("user", "assistant", "system"))
+    check_roles([s, u, a, u, a])
+    check_roles([u, a, u], prompt=True)
+    for turns, prompt, code in [([a, u], False, "bad_role_order"), ([u, s, a], False, "bad_role_order"),
+                                ([u, u, a], False, "bad_role_order"), ([s, u], False, "empty_assistant"),
+                                ([s], False, "empty_assistant"), ([u, a], True, "bad_role_order"),
+                                ([u, Turn("assistant", [Part.of_text(" ")])], False, "empty_assistant")]:
+        with pytest.raises(RecordError) as info:
+            check_roles(turns, prompt=prompt)
+        assert info.value.code == code, (turns, prompt)
+
+
+# ---------------------------------------------------------------- every error code names its field
+
+def _msgs(*contents):
+    return {"messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": c}
+                         for i, c in enumerate(contents)]}
+
+
+ERRORS = [
+    ({"foo": 1}, "unknown_schema", None),
+    (sg("<image>hi", "ok", images=["a.png"], system=3), "bad_field_type", "system"),
+    ({"conversations": [{"from": "human"}, {"from": "gpt", "value": "x"}]}, "missing_field", "conversations[0].value"),
+    ({"conversations": [{"value": "hi"}, {"from": "gpt", "value": "x"}]}, "missing_field", "conversations[0].role"),
+    ({"messages": []}, "missing_field", "messages"),
+    ({"query": None, "response": "x"}, "missing_field", "query"),
+    ({"query": "q"}, "missing_field", "response"),
+    ({"prompt": [{"role": "user", "content": "q"}], "chosen": "a", "rejected": None}, "missing_field", "rejected"),
+    (sg(5, "x"), "bad_field_type", "conversations[0].value"),
+    ({"conversations": "hi"}, "bad_field_type", "conversations"),
+    ({"conversations": ["hi"]}, "bad_field_type", "conversations[0]"),
+    (sg("hi", "x", images=[3]), "bad_field_type", "images"),
+    ({**_msgs([{"type": "audio", "audio": "a.wav"}], "x")}, "bad_field_type", "messages[0].content[0].type"),
+    ({**_msgs([{"type": "text", "text": 1}], "x")}, "bad_field_type", "messages[0].content[0].text"),
+    ({**_msgs([{"type": "text", "text": "q"}], [{"type": "image", "image": "a.png"}])},
+     "bad_field_type", "messages[1].content"),
+    ({"query": "q", "response": "r", "history": [["only one"]]}, "bad_field_type", "history[0]"),
+    ({"query": "q", "response": "r", "history": "nope"}, "bad_field_type", "history"),
+    (sg("<image>a", "x", "<image>b", "y", images=["a.png"]), "placeholder_mismatch", "conversations[2].value"),
+    (sg("<image>a", "x", images=["a.png", "b.png"]), "placeholder_mismatch", "images"),
+    (sg("<image>a", "x", images=["a.png"], videos=["v.mp4"]), "placeholder_mismatch", "videos"),
+    (sg("a", "x", images=["a.png"]), "placeholder_mismatch", "images"),       # ShareGPT is strict
+    (sg("<image>a", "x", image=["a.png", "b.png"]), "placeholder_mismatch", "image"),  # LLaVA: partial
+    ({**_msgs([{"type": "image"}, {"type": "text", "text": "q"}], "x")},
+     "placeholder_mismatch", "messages[0].content[0]"),
+    ({"query": "<image>q", "response": "r"}, "placeholder_mismatch", "query"),
+    (sg("hi"), "empty_assistant", "conversations[0]"),
+    (sg("hi", ""), "empty_assistant", "conversations[1].value"),
+    (sg("hi", "<think>only a trace</think>"), "empty_assistant", "conversations[1].value"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "q"}]},
+                   {"role": "assistant", "content": None}]}, "empty_assistant", "messages[1].content"),
+    ({"query": "q", "response": ""}, "empty_assistant", "response"),
+    (sg("a", "b", "c", "d", "e"), "empty_assistant", "conversations[4]"),
+    ({"conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}]},
+     "bad_role_order", "conversations[0]"),
+    ({"conversations": [{"from": "human", "value": "x"}, {"from": "human", "value": "y"},
+                        {"from": "gpt", "value": "z"}]}, "bad_role_order", "conversations[1]"),
+    ({"conversations": [{"from": "narrator", "value": "x"}]}, "bad_role_order", "conversations[0].from"),
+    ({"conversations": [{"from": "human", "value": "x"}, {"from": "function_call", "value": "{}"},
+                        {"from": "observation", "value": "{}"}]}, "bad_role_order", "conversations[1].from"),
+    ({"messages": [{"role": 1, "content": "x"}]}, "bad_field_type", "messages[0].role"),
+    (sg("a", "b", system="s", conversations=[{"from": "system", "value": "t"}, {"from": "human", "value": "a"},
+                                             {"from": "gpt", "value": "b"}]), "bad_role_order", "conversations[0]"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
+      "chosen": {"from": "gpt", "value": "x"}, "rejected": {"from": "gpt", "value": "y"}},
+     "bad_role_order", "conversations[1]"),
+    ({"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "human", "value": "x"},
+      "rejected": "y"}, "bad_role_order", "chosen.from"),
+    ({"prompt": "q", "chosen": [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}],
+      "rejected": "c"}, "bad_field_type", "chosen"),
+]
+
+
+@pytest.mark.parametrize("record,code,field", ERRORS, ids=[f"{c}:{f}" for _, c, f in ERRORS])
+def test_error_codes_name_the_field(record, code, field):
+    fails(record, code, field)
+
+
+def test_detectors_are_disjoint():
+    """No record, however its keys combine, is claimed by two readers."""
+    from itertools import combinations
+    parts = [{"role": "user", "content": [{"type": "text", "text": "q"}]}]
+    fields = {"question": "q", "answer": "a", "chosen": "c", "rejected": "r", "conversations": [],
+              "image": "i.png", "video": "v.mp4", "query": "q", "prompt": "p", "completion": "c",
+              "chosen_messages": [], "rejected_messages": []}
+    for messages in (None, [{"role": "user", "content": "q"}], parts):
+        for n in range(len(fields) + 1):
+            for keys in combinations(fields, n):
+                record = {k: fields[k] for k in keys}
+                if messages is not None:
+                    record["messages"] = messages
+                assert len(matching_readers(record)) <= 1, (record, matching_readers(record))
+
+
+def test_explicit_format_bypasses_detection():
+    ex = read(sg("<image>\nhi", "ok", images=["a.png"]), fmt="llava")
+    assert shape(ex.turns[0]) == [image("a.png"), ("text", "hi")]
+    fails({"query": "q"}, "missing_field", "conversations", fmt="sharegpt")
+
+
+# ---------------------------------------------------------------- data templates
+
+EXPECTED_FORMAT = {"native.jsonl": "native", "native_dpo.jsonl": "native", "sharegpt.json": "sharegpt",
+                   "sharegpt_dpo.json": "sharegpt", "llava.json": "llava", "messages.jsonl": "messages",
+                   "messages_dpo.jsonl": "messages", "swift.jsonl": "swift", "custom_columns.jsonl": "native"}
+COLUMNS = {"custom_columns.jsonl": {"question": "problem", "answer": "solution", "images": "image_path"}}
+DPO = {"native_dpo.jsonl", "sharegpt_dpo.json", "messages_dpo.jsonl"}
+
+
+def _records(path: Path) -> list[dict]:
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _media_paths(media: Media) -> list[str]:
+    if media.frames:
+        return list(media.frames)
+    return [] if media.source.startswith("data:") else [media.source]
+
+
+def test_every_template_is_listed():
+    assert {p.name for p in TEMPLATES.glob("*.json*")} == set(EXPECTED_FORMAT)
+    assert sum(p.stat().st_size for p in (TEMPLATES / "images").rglob("*.png")) < 100_000
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_FORMAT))
+def test_templates_parse_with_auto_detection(name):
+    path = TEMPLATES / name
+    records = _records(path)
+    assert 2 <= len(records) <= 4
+    for i, raw in enumerate(records):
+        record = base.apply_columns(raw, COLUMNS.get(name, {}))
+        assert matching_readers(record) == [EXPECTED_FORMAT[name]], (name, i)
+        ex = parse(raw, Origin(str(path), line=i + 1), ReaderOptions(columns=COLUMNS.get(name, {})))
+        assert isinstance(ex, PreferencePair if name in DPO else (Conversation, PreferencePair))
+        assert ex.media, f"{name}[{i}] references no image"
+        for media in ex.media:
+            for rel in _media_paths(media):
+                assert (path.parent / rel).is_file(), f"{name}[{i}]: {rel} does not exist"

@@ -1,0 +1,103 @@
+"""Training: QLoRA / LoRA / full SFT in-process, and real multi-process launches on CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from qvq_tune.train.config import recipe_from_dict
+
+
+@pytest.fixture(scope="session")
+def built_train(tiny_model, tmp_path_factory):
+    """A small synthetic task built with the tiny qwen2_vl's processor."""
+    from qvq_tune.data.build import BuildConfig, build
+    from qvq_tune.synth.generate import SynthConfig, generate
+    root = tmp_path_factory.mktemp("train_data")
+    generate(SynthConfig(train=64, validation=0, test=16, dpo=False), root / "raw", progress=False)
+    out = {}
+    for split in ("train", "test"):
+        build(BuildConfig(input=str(root / "raw" / f"{split}.jsonl"), model=str(tiny_model("qwen2_vl")),
+                          out=str(root / split), reasoning="qvq", workers=1))
+        out[split] = root / split
+    return out
+
+
+def _recipe(tmp_path, model, data, **over):
+    base = {"name": "t", "model": str(model), "method": "qlora", "output_dir": str(tmp_path),
+            "data": {"train": str(data)},
+            "optim": {"max_steps": 6, "per_device_batch_size": 8, "lr": 0.005, "warmup_steps": 1,
+                      "logging_steps": 1}}
+    for key, value in over.items():
+        node = base
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return recipe_from_dict(base)
+
+
+@pytest.mark.parametrize("method", ["qlora", "lora"])
+def test_lora_methods_train_only_the_adapter(method, tmp_path, tiny_model, built_train):
+    from qvq_tune.train.sft import run_sft
+    recipe = _recipe(tmp_path, tiny_model("qwen2_vl"), built_train["train"], method=method)
+    report = run_sft(recipe)
+    run = recipe.run_dir
+    assert report["steps"] == 6 and report["world_size"] == 1
+    r, h, i, layers = 16, 128, 512, 2   # LoRA rank; the tiny model's hidden, MLP and depth
+    assert report["trainable_parameters"] == layers * r * (4 * (h + h) + 3 * (h + i))
+    adapter = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert adapter and all("lora_" in k for k in adapter)
+    assert not any("visual" in k for k in adapter), "vision tower must stay frozen by default"
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k), "adapter did not move"
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 16
+    for name in ("recipe.yaml", "base_model.json", "dataset.json", "metrics.jsonl", "train_report.json"):
+        assert (run / name).is_file(), name
+    from qvq_tune.train.callbacks import read_metrics
+    losses = [m["loss"] for m in read_metrics(run / "metrics.jsonl") if "loss" in m]
+    assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
+
+
+def test_full_finetune_changes_the_language_model_only(tmp_path, tiny_model, built_train):
+    from qvq_tune.train.sft import run_sft
+    base = tiny_model("qwen2_vl")
+    recipe = _recipe(tmp_path, base, built_train["train"], method="full", **{"optim.lr": 0.001})
+    run_sft(recipe)
+    from transformers import AutoModelForImageTextToText
+    before = dict(AutoModelForImageTextToText.from_pretrained(base).named_parameters())
+    after = dict(AutoModelForImageTextToText.from_pretrained(recipe.run_dir / "adapter").named_parameters())
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("model.language_model") for k in changed)
+    assert not any(k.startswith("model.visual") for k in changed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["zero3_shard_all", "ddp"])
+def test_two_process_launch_on_cpu(preset, tmp_path, tiny_model, built_train):
+    """Real `accelerate launch` across 2 CPU processes: DeepSpeed ZeRO-3 (QLoRA) and DDP."""
+    from qvq_tune.train.config import save_recipe
+    from qvq_tune.train.launch import launch
+    recipe = _recipe(tmp_path, tiny_model("qwen2_vl"), built_train["train"], name=preset,
+                     **{"launch.accelerate_config": preset, "launch.num_processes": 2,
+                        "optim.per_device_batch_size": 4})
+    recipe.run_dir.mkdir(parents=True)
+    save_recipe(recipe, recipe.run_dir / "recipe.yaml")
+    launch("qvq_tune.train.sft", ["--recipe", str(recipe.run_dir / "recipe.yaml")],
+           config=preset, num_processes=2, run_dir=recipe.run_dir)
+    report = json.loads((recipe.run_dir / "train_report.json").read_text())
+    assert report["world_size"] == 2 and report["steps"] == 6
+    part = report["zero3_partition"]
+    if preset.startswith("zero3"):
+        assert part["partitioned_tensors"] > 0
+        assert part["local_numel"] * 2 == pytest.approx(part["full_numel"], rel=0.02)
+    else:
+        assert part is None
+    adapter = load_file(recipe.run_dir / "adapter" / "adapter_model.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+    assert report["train_loss_last"] < report["train_loss_first"]

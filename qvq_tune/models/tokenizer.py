@@ -62,5 +62,5 @@ def build_tokenizer(family: str, corpus: list[str], bpe_vocab_size: int, *, chat
     tok.eos_token = "<|im_end|>"
     tok.pad_token = "<|endoftext|>"
     tok.chat_template = chat_template
-    tok.padding_side = "left" if False else "right"
+    tok.padding_side = "right"   # training pads right; generation sets left padding itself
     return tok

@@ -91,8 +91,8 @@ class Recipe:
     report_to: Literal["none", "wandb", "tensorboard"] = "none"
 
     def __post_init__(self):
-        if self.method == "full" and self.quant is not None and self.method == "qlora":
-            raise ValueError("unreachable")
+        if not self.data.train:
+            raise ValueError("data.train is required (a folder written by `qvq-tune data build`)")
         if self.launch.num_processes < 1:
             raise ValueError("launch.num_processes must be >= 1")
 

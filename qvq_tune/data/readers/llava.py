@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from ..messages import Origin
 from .base import register
-from .native import _is_native
+from .native import is_native
 from .sharegpt import MediaBinder, read_dialogue
 
 
 def _is_llava(r: dict) -> bool:
-    return "conversations" in r and ("image" in r or "video" in r) and not _is_native(r)
+    return "conversations" in r and ("image" in r or "video" in r) and not is_native(r)
 
 
 @register("llava", _is_llava)

@@ -29,14 +29,14 @@ from __future__ import annotations
 from ..messages import Conversation, Media, Origin, Part, PreferencePair, Turn
 from ..quarantine import RecordError
 from .base import check_roles, register
-from .native import _is_native, _src
+from .native import is_native, media_source
 from .sharegpt import MediaBinder, has_list_content, read_dialogue, read_turns, reply_of
 
 PART_KEYS = ("text", "image", "image_url", "video", "video_url")
 
 
 def _is_messages(r: dict) -> bool:
-    if _is_native(r) or "conversations" in r or "query" in r:
+    if is_native(r) or "conversations" in r or "query" in r:
         return False
     if "messages" in r:
         return has_list_content(r["messages"])
@@ -53,7 +53,7 @@ def _source(value, field: str, kind: str) -> Media:
             raise RecordError("bad_field_type", f"field '{field}' must be a video path or a list of "
                               "frame paths", field=field)
         return Media("video", frames=tuple(value))
-    return Media(kind, **_src(value, field))
+    return Media(kind, **media_source(value, field))
 
 
 def _part(item, field: str, binder: MediaBinder) -> list[Part]:

@@ -17,22 +17,22 @@ from .base import as_list, check_roles, register, require_text
 REASONING_KEYS = ("reasoning", "reasoning_content", "thinking")
 
 
-def _is_native(r: dict) -> bool:
+def is_native(r: dict) -> bool:
     return "question" in r and ("answer" in r or ("chosen" in r and "rejected" in r))
 
 
 def media_of(record: dict) -> list[Media]:
-    media = [Media("image", **_src(x, "images")) for x in as_list(record.get("images", record.get("image")), "images")]
+    media = [Media("image", **media_source(x, "images")) for x in as_list(record.get("images", record.get("image")), "images")]
     video = record.get("videos", record.get("video"))
     if video is not None:
         if isinstance(video, list) and video and all(isinstance(v, str) for v in video) and "videos" not in record:
             media.append(Media("video", frames=tuple(video)))     # one video given as frames
         else:
-            media += [Media("video", **_src(v, "videos")) for v in as_list(video, "videos")]
+            media += [Media("video", **media_source(v, "videos")) for v in as_list(video, "videos")]
     return media
 
 
-def _src(value, key: str) -> dict:
+def media_source(value, key: str) -> dict:
     if isinstance(value, str):
         return {"source": value}
     if isinstance(value, (bytes, bytearray)):
@@ -73,7 +73,7 @@ def prompt_turns(record: dict) -> list[Turn]:
     return turns
 
 
-@register("native", _is_native)
+@register("native", is_native)
 def read_native(record: dict, origin: Origin):
     prompt = prompt_turns(record)
     names = ["system"] * (len(prompt) - 1) + ["question"]

@@ -29,7 +29,7 @@ from typing import Callable
 from ..messages import Conversation, Media, Origin, Part, PreferencePair, Turn
 from ..quarantine import RecordError
 from .base import check_roles, register, require_text
-from .native import REASONING_KEYS, _is_native, media_of, reply_turn
+from .native import REASONING_KEYS, is_native, media_of, reply_turn
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
          "chatgpt": "assistant", "model": "assistant", "bot": "assistant", "system": "system"}
@@ -46,7 +46,7 @@ def has_list_content(messages) -> bool:
 
 
 def _is_sharegpt(r: dict) -> bool:
-    if _is_native(r):
+    if is_native(r):
         return False
     if "conversations" in r:
         return "image" not in r and "video" not in r

@@ -19,14 +19,14 @@ import re
 from ..messages import Conversation, Media, Origin, Part, PreferencePair, Turn
 from ..quarantine import RecordError
 from .base import check_roles, register, require_text
-from .native import _is_native, reply_turn
+from .native import is_native, reply_turn
 from .sharegpt import MediaBinder, split_around
 
 INLINE = re.compile(r"<img>(.*?)</img>|<(image|video)>", re.S)
 
 
 def _is_swift(r: dict) -> bool:
-    return "query" in r and "conversations" not in r and "messages" not in r and not _is_native(r)
+    return "query" in r and "conversations" not in r and "messages" not in r and not is_native(r)
 
 
 def _user(text, field: str, binder: MediaBinder) -> Turn:

@@ -1,0 +1,519 @@
+"""The build stage: user files -> validated, rendered, cached datasets that trainers load.
+
+`build(BuildConfig(...))` reads every record (`files.iter_raw`), parses it into a
+canonical example (`readers.parse`), makes its media local and measured
+(`media.MediaResolver`), renders it with the model's own processor and chat template
+(`render.SampleRenderer`), and writes it; every record that cannot become a sample goes
+to the quarantine with a reason code instead (or stops the build with `--strict`).
+Always: input records = kept + quarantined.
+
+Layout of OUT:
+    dataset/          SFT samples, `datasets.load_from_disk` (memory-mapped Arrow)
+    preference/       DPO samples, when the input holds preference pairs
+    quarantine.jsonl  one row per rejected record (see quarantine.py)
+    report.json       counts, reasons, statistics, settings, fingerprint; written last,
+                      so a folder without it holds no finished build
+    lengths.png       histogram of sample lengths
+    media/            content-addressed bytes / base64 / downloads, video frame folders
+    cache.json        fingerprint plus size and mtime of every media file read
+
+Records are processed in chunks by `--workers` forked processes (each holding one
+processor, inherited from the parent, so nothing is loaded twice) with a bounded
+window of chunks in flight, so input streams through in constant memory and comes
+out in input order whatever the worker count. A re-run whose fingerprint (input file
+sizes and mtimes, settings, processor and template files, code) and media files are
+unchanged returns the previous report with `cached: true`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections import Counter, deque
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from .. import __version__
+from ..errors import UserError
+from ..paths import atomic_dir, cache_dir, write_json_atomic
+from .files import input_files, iter_file
+from .media import (DEFAULT_FPS, DEFAULT_MAX_FRAMES, DEFAULT_MAX_IMAGE_PIXELS, MediaOptions,
+                    MediaResolver, file_stat)
+from .messages import Conversation, Origin, Turn
+from .quarantine import RecordError, quarantine_row
+from .readers import FORMATS as INPUT_FORMATS
+from .readers import ReaderOptions, parse
+from .reasoning import FORMATS as REASONING_FORMATS
+from .render import RenderError, RenderOptions, SampleRenderer
+
+CHUNK = 64                   # records per task sent to a worker
+REPORT, CACHE, QUARANTINE, HISTOGRAM = "report.json", "cache.json", "quarantine.jsonl", "lengths.png"
+SFT_DIR, DPO_DIR, MEDIA_DIR = "dataset", "preference", "media"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
+
+
+@dataclass
+class BuildConfig:
+    input: str
+    model: str                                   # a checkpoint folder, or a family name (tiny zoo model)
+    out: str
+    format: str = "auto"
+    image_root: str | None = None                # default: each input file's folder
+    reasoning: str | None = None                 # default: the model's reasoning style
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    max_tokens: int | None = None
+    truncate: bool = False
+    strict: bool = False
+    columns: dict[str, str] = field(default_factory=dict)
+    allow_remote: bool = False
+    workers: int | None = None                   # default: min(4, cpu count)
+    system: str | None = None
+    fps: float = DEFAULT_FPS
+    max_frames: int = DEFAULT_MAX_FRAMES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    reuse: bool = True                           # reuse an unchanged previous build
+
+    def __post_init__(self):
+        if self.format not in INPUT_FORMATS:
+            raise UserError(f"unknown --format {self.format!r}; choose from {', '.join(INPUT_FORMATS)}",
+                            key="format")
+        if self.reasoning is not None and self.reasoning not in REASONING_FORMATS:
+            raise UserError(f"unknown --reasoning {self.reasoning!r}; choose from "
+                            f"{', '.join(REASONING_FORMATS)}", key="reasoning")
+        for name in ("min_pixels", "max_pixels", "max_tokens", "workers", "max_frames", "max_image_pixels"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}",
+                                key=name)
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise UserError(f"--min-pixels {self.min_pixels} is larger than --max-pixels {self.max_pixels}",
+                            key="min_pixels")
+        if self.max_frames < 2:
+            raise UserError("--max-frames must be at least 2 (the processor's temporal patch)", key="max_frames")
+        if not self.fps > 0:
+            raise UserError(f"--fps must be positive, got {self.fps!r}", key="fps")
+        if self.truncate and not self.max_tokens:
+            raise UserError("--truncate needs --max-tokens", key="truncate")
+        if not Path(self.input).exists():
+            raise UserError("input does not exist", path=self.input)
+        if self.image_root is not None and not Path(self.image_root).is_dir():
+            raise UserError("--image-root is not a folder", path=self.image_root)
+        inp, out = Path(self.input).resolve(), Path(self.out).resolve()
+        if inp.is_dir() and out.is_relative_to(inp):
+            raise UserError("--out is inside the input folder, so a later build would read its own "
+                            "output; choose an output folder elsewhere", path=self.out)
+        if out.exists() and not out.is_dir():
+            raise UserError("--out exists and is not a folder", path=self.out)
+
+
+def resolve_model(model: str) -> Path:
+    """A checkpoint folder as given, or a tiny zoo checkpoint of a family (built once, cached)."""
+    from ..models.registry import FAMILIES, supported_names
+
+    path = Path(model).expanduser()
+    if path.exists():
+        return path
+    if model in FAMILIES:
+        from ..models import zoo
+        folder = cache_dir() / "zoo" / f"tiny-{model}-{_source_hash([zoo.__file__])[:12]}"
+        if not (folder / "config.json").is_file():
+            zoo.build_tiny(model, folder)
+        return folder
+    raise UserError(f"--model {model!r} is neither a folder nor a model family "
+                    f"({', '.join(supported_names())})", key="model")
+
+
+# ---- workers -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Spec:
+    """Everything a worker needs to turn raw records into samples (picklable)."""
+    model_dir: str
+    family: str
+    min_pixels: int | None
+    max_pixels: int | None
+    reader: ReaderOptions
+    render: RenderOptions
+    media: MediaOptions
+
+    def key(self) -> str:
+        return repr(self)
+
+
+class _Worker:
+    def __init__(self, spec: _Spec):
+        from ..models.loading import load_processor
+        from ..models.registry import get_family
+
+        self.spec_key = spec.key()
+        processor = load_processor(spec.model_dir, min_pixels=spec.min_pixels, max_pixels=spec.max_pixels)
+        self.renderer = SampleRenderer(processor, get_family(spec.family), spec.render)
+        self.resolver = MediaResolver(processor, spec.media)
+        self.reader = spec.reader
+
+    def run(self, chunk: tuple[str, list]) -> tuple[list[tuple], dict]:
+        root, items = chunk
+        outcomes = [self.one(origin, raw, error, Path(root)) for origin, raw, error in items]
+        return outcomes, self.resolver.drain_touched()
+
+    def one(self, origin: Origin, raw, error, root: Path) -> tuple:
+        """("sft" | "dpo", sample, content key) or ("bad", (code, message, field), None)."""
+        if error is not None:
+            return "bad", error, None
+        try:
+            example = parse(raw, origin, self.reader)
+            media = [self.resolver.resolve(m, root) for m in example.media]
+            if isinstance(example, Conversation):
+                kind, sample = "sft", self.renderer.render(example, media)
+            else:
+                kind, sample = "dpo", self.renderer.render_pair(example, media)
+        except RecordError as exc:
+            return "bad", (exc.code, exc.message, exc.field), None
+        except RenderError as exc:
+            return "bad", (exc.code, str(exc), None), None
+        record_id = example.meta.get("id")
+        sample.update(id=str(record_id) if record_id is not None else origin.where(),
+                      source=origin.source, line=origin.line, index=origin.index)
+        return kind, sample, content_key(example, media)
+
+
+_STATE: _Worker | None = None
+
+
+def _worker_for(spec: _Spec) -> _Worker:
+    global _STATE
+    if _STATE is None or _STATE.spec_key != spec.key():
+        _STATE = _Worker(spec)
+    return _STATE
+
+
+def _init_worker(spec: _Spec) -> None:
+    import torch
+    torch.set_num_threads(1)
+    _worker_for(spec)          # forked: inherited from the parent, nothing to load
+
+
+def _run_chunk(chunk) -> tuple[list[tuple], dict]:
+    return _STATE.run(chunk)
+
+
+def _results(spec: _Spec, chunks: Iterator, workers: int) -> Iterator[tuple]:
+    """(chunk, outcomes, touched) in input order, at most 2 x workers chunks in flight."""
+    worker = _worker_for(spec)     # load once here; forked workers inherit it
+    if workers == 1:
+        for chunk in chunks:
+            yield (chunk, *worker.run(chunk))
+        return
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(spec,)) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append((chunk, pool.apply_async(_run_chunk, (chunk,))))
+            if len(pending) >= 2 * workers:
+                done, result = pending.popleft()
+                yield (done, *result.get())
+        while pending:
+            done, result = pending.popleft()
+            yield (done, *result.get())
+
+
+def _chunks(files: list[Path], image_root: str | None) -> Iterator[tuple[str, list]]:
+    for f in files:
+        root = str(Path(image_root).resolve() if image_root else (f.parent if f.is_file() else f).resolve())
+        items: list = []
+        for origin, raw in iter_file(f):
+            if isinstance(raw, RecordError):     # malformed JSON: keep its text for the quarantine
+                items.append((origin, getattr(raw, "record", None), (raw.code, raw.message, raw.field)))
+            else:
+                items.append((origin, raw, None))
+            if len(items) == CHUNK:
+                yield root, items
+                items = []
+        if items:
+            yield root, items
+
+
+def content_key(example, media) -> bytes:
+    """Hash of the canonical record: roles, texts, reasoning, media kinds and media bytes."""
+    def turn(t: Turn) -> list:
+        return [t.role, t.reasoning, [[p.kind, p.text] for p in t.parts]]
+    if isinstance(example, Conversation):
+        body = {"turns": [turn(t) for t in example.turns]}
+    else:
+        body = {"prompt": [turn(t) for t in example.prompt], "chosen": turn(example.chosen),
+                "rejected": turn(example.rejected)}
+    body["media"] = [[m.kind, m.meta.get("sha256")] for m in media]
+    return hashlib.sha256(json.dumps(body, ensure_ascii=False).encode()).digest()[:16]
+
+
+# ---- output -------------------------------------------------------------------------------
+def _features(kind: str):
+    from datasets import Features, List, Value
+    ids, paths, grids = List(Value("int32")), List(Value("string")), List(List(Value("int32")))
+    media = {"images": paths, "image_grid_thw": grids, "videos": paths, "video_grid_thw": grids}
+    origin = {"id": Value("string"), "source": Value("string"), "line": Value("int64"),
+              "index": Value("int64")}
+    if kind == "sft":
+        cols = {"input_ids": ids, "labels": ids, **media, "num_tokens": Value("int32"),
+                "num_label_tokens": Value("int32"), "num_vision_tokens": Value("int32"),
+                "reasoning_chars": Value("int32")}
+    else:
+        cols = {"prompt_input_ids": ids, "chosen_input_ids": ids, "rejected_input_ids": ids, **media,
+                "num_tokens": Value("int32"), "num_vision_tokens": Value("int32")}
+    return Features({**cols, **origin})
+
+
+class _Writers:
+    """Streams samples into one staged Arrow file per kind."""
+
+    def __init__(self, stage: Path):
+        self.stage = stage
+        self._writers: dict = {}
+        self.counts = Counter()
+
+    def write(self, kind: str, sample: dict) -> None:
+        if kind not in self._writers:
+            from datasets.arrow_writer import ArrowWriter
+            self._writers[kind] = ArrowWriter(features=_features(kind), path=str(self.stage / f"{kind}.arrow"))
+        self._writers[kind].write(sample)
+        self.counts[kind] += 1
+
+    def finish(self) -> dict:
+        """kind -> memory-mapped staged Dataset (SFT always present, possibly empty)."""
+        from datasets import Dataset
+        if "sft" not in self._writers and "dpo" not in self._writers:
+            self.write_empty("sft")
+        out = {}
+        for kind, writer in self._writers.items():
+            writer.finalize()
+            out[kind] = Dataset.from_file(str(self.stage / f"{kind}.arrow"))
+        return out
+
+    def write_empty(self, kind: str) -> None:
+        from datasets.arrow_writer import ArrowWriter
+        self._writers[kind] = ArrowWriter(features=_features(kind), path=str(self.stage / f"{kind}.arrow"))
+
+
+# ---- fingerprint and cache ---------------------------------------------------------------
+def _source_hash(paths) -> str:
+    h = hashlib.sha256()
+    for p in sorted(str(p) for p in paths):
+        h.update(Path(p).name.encode() + b"\0" + Path(p).read_bytes())
+    return h.hexdigest()
+
+
+def code_version() -> str:
+    """Package version plus a hash of the data-stage sources."""
+    here = Path(__file__).parent
+    return f"{__version__}+{_source_hash(here.rglob('*.py'))[:12]}"
+
+
+def processor_hash(model_dir: Path) -> str:
+    """Hash of everything in a checkpoint folder but the weights (tokenizer, template, processor)."""
+    files = [p for p in sorted(model_dir.iterdir()) if p.is_file() and p.suffix not in _WEIGHT_SUFFIXES]
+    return _source_hash(files)
+
+
+def _file_stats(files: list[Path]) -> list:
+    out = []
+    for f in files:
+        for p in ([f] if f.is_file() else sorted(q for q in f.rglob("*") if q.is_file())):
+            st = p.stat()
+            out.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def _cached_report(out: Path, fingerprint: str) -> dict | None:
+    try:
+        report = json.loads((out / REPORT).read_text())
+        cache = json.loads((out / CACHE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if report.get("fingerprint") != fingerprint or cache.get("fingerprint") != fingerprint:
+        return None
+    if any(p and not Path(p).exists() for p in report.get("outputs", {}).values()):
+        return None
+    for path, stat in cache.get("media", {}).items():
+        if file_stat(path) != (tuple(stat) if stat else None):
+            return None
+    return report
+
+
+# ---- the build ---------------------------------------------------------------------------
+def build(config: BuildConfig, *, log=None, progress: bool = False) -> dict:
+    """Build OUT from the input; returns the report (also written to OUT/report.json)."""
+    from ..models.detect import detect
+
+    log = log or (lambda msg: None)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")    # we fork after using the tokenizer
+    started = time.perf_counter()
+    out = Path(config.out).absolute()
+    model_dir = resolve_model(config.model).absolute()
+    detected = detect(model_dir)
+    files = input_files(config.input)
+    workers = config.workers or min(4, os.cpu_count() or 1)
+    settings = _settings(config, detected, out)
+    model_info = {"path": str(model_dir), "family": detected.family, "checkpoint": detected.checkpoint,
+                  "processor_hash": processor_hash(model_dir)}
+    fingerprint = hashlib.sha256(json.dumps(
+        {"inputs": _file_stats(files), "settings": settings, "model": model_info, "code": code_version()},
+        sort_keys=True).encode()).hexdigest()
+    if config.reuse and (cached := _cached_report(out, fingerprint)) is not None:
+        log(f"input, settings, model and code unchanged: reusing the build in {out} "
+            f"(fingerprint {fingerprint[:12]}); {summary_line(cached)}")
+        return {**cached, "cached": True}
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / REPORT).unlink(missing_ok=True)             # no report = no finished build
+    spec = _Spec(str(model_dir), detected.family, config.min_pixels, config.max_pixels,
+                 ReaderOptions(config.format, dict(config.columns)),
+                 RenderOptions(settings["reasoning"], config.system, config.max_tokens, config.truncate),
+                 MediaOptions(out / MEDIA_DIR, config.allow_remote, config.max_image_pixels, config.fps,
+                              max_frames=config.max_frames))
+    stage = out / f".staging-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        counts, reasons, media_index, datasets_ = _process(config, spec, files, workers, stage, progress)
+        outputs = _publish(out, stage, datasets_)
+        report = _report(out, config, counts, reasons, datasets_, outputs, settings, model_info,
+                         fingerprint, workers, time.perf_counter() - started)
+        datasets_.clear()
+        write_json_atomic(out / CACHE, {"fingerprint": fingerprint, "media": media_index}, indent=None)
+        write_json_atomic(out / REPORT, report)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    log(summary_line(report))
+    return report
+
+
+def _settings(config: BuildConfig, detected, out: Path) -> dict:
+    return {
+        "input": str(Path(config.input).resolve()), "out": str(out), "format": config.format,
+        "columns": dict(sorted(config.columns.items())),
+        "image_root": str(Path(config.image_root).resolve()) if config.image_root else None,
+        "reasoning": config.reasoning or detected.reasoning_style, "system": config.system,
+        "min_pixels": config.min_pixels, "max_pixels": config.max_pixels, "max_tokens": config.max_tokens,
+        "truncate": config.truncate, "strict": config.strict, "allow_remote": config.allow_remote,
+        "fps": config.fps, "max_frames": config.max_frames, "max_image_pixels": config.max_image_pixels,
+    }
+
+
+def _process(config, spec, files, workers, stage, progress):
+    """Stream every record through the workers; write samples and quarantine rows in order."""
+    from tqdm import tqdm
+
+    writers = _Writers(stage)
+    seen: dict[bytes, str] = {}
+    reasons: Counter = Counter()
+    media_index: dict = {}
+    n_input = n_video = 0
+    bar = tqdm(desc="data build", unit=" records", disable=not progress)
+    with open(stage / QUARANTINE, "w", encoding="utf-8") as qfile, \
+            closing(_results(spec, _chunks(files, config.image_root), workers)) as results:
+        for (_, items), outcomes, touched in results:
+            media_index.update(touched)
+            for (origin, raw, _), (kind, payload, key) in zip(items, outcomes):
+                n_input += 1
+                if kind != "bad" and key in seen:
+                    kind, payload = "bad", ("duplicate", f"an exact duplicate of {seen[key]} "
+                                            "(same text and media bytes)", None)
+                if kind == "bad":
+                    code, message, field_ = payload
+                    if config.strict:
+                        raise _strict_error(origin, code, message, field_)
+                    reasons[code] += 1
+                    qfile.write(json.dumps(quarantine_row(origin, code, message, raw, field_),
+                                           ensure_ascii=False) + "\n")
+                else:
+                    seen[key] = origin.where()
+                    writers.write(kind, payload)
+                    n_video += bool(payload["videos"])
+            bar.update(len(items))
+    bar.close()
+    media_index = {p: (list(s) if s else None) for p, s in sorted(media_index.items())}
+    counts = {"input": n_input, "sft": writers.counts["sft"], "dpo": writers.counts["dpo"],
+              "video_samples": n_video}
+    return counts, reasons, media_index, writers.finish()
+
+
+def _strict_error(origin: Origin, code: str, message: str, field_: str | None) -> UserError:
+    where = f"record {origin.index}: " if origin.index is not None else ""
+    return UserError(f"{where}{code}: {message} (--strict stops at the first bad record; without it "
+                     "bad records go to quarantine.jsonl)", path=origin.source, line=origin.line, key=field_)
+
+
+def _publish(out: Path, stage: Path, staged: dict) -> dict:
+    """Move the staged outputs into place; drop outputs a previous build left that this one lacks."""
+    import datasets
+
+    outputs = {"dataset": None, "preference": None}
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        for kind, name, key in (("sft", SFT_DIR, "dataset"), ("dpo", DPO_DIR, "preference")):
+            if kind in staged:
+                with atomic_dir(out / name) as tmp:
+                    staged[kind].save_to_disk(str(tmp))
+                outputs[key] = str(out / name)
+            else:
+                shutil.rmtree(out / name, ignore_errors=True)
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    os.replace(stage / QUARANTINE, out / QUARANTINE)
+    outputs["quarantine"] = str(out / QUARANTINE)
+    outputs["media"] = str(out / MEDIA_DIR) if (out / MEDIA_DIR).is_dir() else None
+    return outputs
+
+
+def _report(out, config, counts, reasons, staged, outputs, settings, model_info, fingerprint, workers,
+            seconds) -> dict:
+    from .report import length_histogram, preference_stats, sft_stats
+
+    kept = counts["sft"] + counts["dpo"]
+    quarantined = sum(reasons.values())
+    if counts["input"] != kept + quarantined:     # a bug, never a user error
+        raise AssertionError(f"record accounting broke: {counts} vs {quarantined} quarantined")
+    stats, lengths = {}, {}
+    if "sft" in staged:
+        stats["sft"] = sft_stats(staged["sft"])
+        lengths["sft"] = staged["sft"].data.column("num_tokens").to_numpy()
+    if "dpo" in staged:
+        stats["preference"] = preference_stats(staged["dpo"])
+        lengths["preference"] = staged["dpo"].data.column("num_tokens").to_numpy()
+    length_histogram(out / HISTOGRAM, lengths, max_tokens=config.max_tokens)
+    outputs["histogram"] = str(out / HISTOGRAM)
+    warnings = []
+    if model_info["family"].startswith("qwen3") and counts["video_samples"]:
+        warnings.append(f"{counts['video_samples']} Qwen3-VL samples hold videos: the renderer writes one "
+                        "<|video_pad|> run per video, while Qwen3VLProcessor writes per-frame timestamps, "
+                        "so their token layout differs from the processor's")
+    return {
+        "input_records": counts["input"], "kept": kept, "quarantined": quarantined,
+        "invariant": "input_records == kept + quarantined",
+        "kept_sft": counts["sft"], "kept_preference": counts["dpo"],
+        "quarantine_reasons": dict(sorted(reasons.items())),
+        "stats": stats,
+        "seconds": round(seconds, 3),
+        "records_per_second": round(counts["input"] / seconds, 1) if seconds > 0 else None,
+        "samples_per_second": round(kept / seconds, 1) if seconds > 0 else None,
+        "workers": workers, "settings": settings, "model": model_info, "code_version": code_version(),
+        "fingerprint": fingerprint, "outputs": outputs, "warnings": warnings, "cached": False,
+    }
+
+
+def summary_line(report: dict) -> str:
+    reasons = ", ".join(f"{k} {v}" for k, v in report["quarantine_reasons"].items())
+    line = (f"{report['input_records']} input records = {report['kept']} kept + "
+            f"{report['quarantined']} quarantined")
+    if reasons:
+        line += f" ({reasons})"
+    return line + f"; {report['records_per_second']} records/s"

@@ -1,0 +1,152 @@
+"""Renderer (data/render.py) against the real processors: labels and vision-token counts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from qvq_tune.data.media import MediaOptions, MediaResolver, load_video_frames
+from qvq_tune.data.messages import Conversation, Media, Origin, Part, PreferencePair, Turn
+from qvq_tune.data.readers import ReaderOptions, parse
+from qvq_tune.data.reasoning import format_reply
+from qvq_tune.data.render import IGNORE_INDEX, RenderError, RenderOptions, SampleRenderer
+from qvq_tune.models.loading import load_processor
+from qvq_tune.models.registry import get_family
+
+
+@pytest.fixture(scope="module")
+def synth_task(tmp_path_factory):
+    from qvq_tune.synth.generate import SynthConfig, generate
+    out = tmp_path_factory.mktemp("synth")
+    generate(SynthConfig(train=6, validation=0, test=0, dpo=True), out, progress=False)
+    return out
+
+
+def renderer(tiny_model, family, reasoning="qvq", **kw):
+    proc = load_processor(tiny_model(family), min_pixels=kw.pop("min_pixels", None),
+                          max_pixels=kw.pop("max_pixels", None))
+    return SampleRenderer(proc, get_family(family), RenderOptions(reasoning=reasoning, **kw))
+
+
+def resolve(r: SampleRenderer, example, root, tmp_path):
+    resolver = MediaResolver(r.processor, MediaOptions(tmp_path / "media"))
+    return [resolver.resolve(m, root) for m in example.media]
+
+
+def labelled_spans(sample) -> list[list[int]]:
+    spans, cur = [], []
+    for tok, lab in zip(sample["input_ids"], sample["labels"]):
+        if lab != IGNORE_INDEX:
+            assert lab == tok
+            cur.append(tok)
+        elif cur:
+            spans.append(cur)
+            cur = []
+    return spans + ([cur] if cur else [])
+
+
+def expected_reply(family: str, reasoning: str | None, answer: str, fmt: str) -> str:
+    # Qwen3's thinking template writes an empty think block before a reply that has no
+    # <think> of its own (its real behaviour; we render through the template, not around it).
+    prefix = "<think>\n\n</think>\n\n" if family.startswith("qwen3") and fmt != "think" else ""
+    return prefix + format_reply(reasoning, answer, fmt) + "<|im_end|>"
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+@pytest.mark.parametrize("fmt", ["qvq", "think", "answer-only"])
+def test_labels_are_exactly_the_assistant_reply(tiny_model, synth_task, tmp_path, family, fmt):
+    r = renderer(tiny_model, family, fmt)
+    records = [json.loads(line) for line in (synth_task / "train.jsonl").read_text().splitlines()][:3]
+    for i, record in enumerate(records):
+        conv = parse(record, Origin("train.jsonl", line=i + 1), ReaderOptions())
+        sample = r.render(conv, resolve(r, conv, synth_task, tmp_path))
+        [span] = labelled_spans(sample)
+        decoded = r.tokenizer.decode(span, skip_special_tokens=False)
+        assert decoded == expected_reply(family, record["reasoning"], record["answer"], fmt)
+        if fmt == "answer-only":
+            assert record["reasoning"] not in decoded
+        assert sample["num_label_tokens"] == len(span)
+        assert sample["reasoning_chars"] == len(record["reasoning"])
+
+
+def test_every_assistant_turn_of_a_multi_turn_conversation_is_labelled(tiny_model):
+    r = renderer(tiny_model, "qwen2_vl", "answer-only")
+    turns = [Turn("user", [Part.of_text("first?")]), Turn("assistant", [Part.of_text("one")]),
+             Turn("user", [Part.of_text("second?")]), Turn("assistant", [Part.of_text("two")])]
+    sample = r.render(Conversation(turns, Origin("x", 1)), [])
+    assert [r.tokenizer.decode(s) for s in labelled_spans(sample)] == ["one<|im_end|>", "two<|im_end|>"]
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_image_tokens_equal_the_processor_on_multi_image_records(tiny_model, media_files, tmp_path, family):
+    r = renderer(tiny_model, family, "think", min_pixels=32 * 32 * 4, max_pixels=32 * 32 * 48)
+    names = [media_files.image("a.png", 112, 112), media_files.image("b.jpg", 300, 90),
+             media_files.image("c.png", 50, 260)]
+    conv = Conversation([
+        Turn("user", [Part.of_media(Media("image", source=names[0])), Part.of_text("compare"),
+                      Part.of_media(Media("image", source=names[1]))]),
+        Turn("assistant", [Part.of_text("the first")], reasoning="look"),
+        Turn("user", [Part.of_media(Media("image", source=names[2])), Part.of_text("and this?")]),
+        Turn("assistant", [Part.of_text("tall")], reasoning="it is tall")], Origin("x", 1))
+    media = resolve(r, conv, media_files.root, tmp_path)
+    sample = r.render(conv, media)
+    enc = r.processor(text=[r.chat_text(conv.turns)],
+                      images=[Image.open(media_files.root / n).convert("RGB") for n in names], return_tensors="pt")
+    assert sample["input_ids"] == enc["input_ids"][0].tolist()
+    assert sample["image_grid_thw"] == enc["image_grid_thw"].tolist()
+    assert len({tuple(g) for g in sample["image_grid_thw"]}) == 3        # sizes really differ
+    assert sample["num_vision_tokens"] == sum(m.num_tokens for m in media)
+
+
+QWEN3_VIDEO_GAP = pytest.mark.xfail(strict=True, reason=(
+    "render.py writes one <|video_pad|> run per video; Qwen3VLProcessor writes per-frame "
+    "'<t seconds>' timestamps and vision markers"))
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", pytest.param("qwen3_vl", marks=QWEN3_VIDEO_GAP)])
+def test_video_tokens_equal_the_processor(tiny_model, media_files, tmp_path, family):
+    r = renderer(tiny_model, family, "think")
+    media_files.video("clip.mp4", frames=12)
+    conv = Conversation([Turn("user", [Part.of_media(Media("video", source="clip.mp4")), Part.of_text("what?")]),
+                         Turn("assistant", [Part.of_text("noise")], reasoning="pixels")], Origin("x", 1))
+    media = resolve(r, conv, media_files.root, tmp_path)
+    sample = r.render(conv, media)
+    enc = r.processor(text=[r.chat_text(conv.turns)], videos=[load_video_frames(media[0].path)],
+                      return_tensors="pt")
+    assert sample["video_grid_thw"] == enc["video_grid_thw"].tolist()
+    assert sample["input_ids"] == enc["input_ids"][0].tolist()
+
+
+def test_preference_pair_prompt_and_completions(tiny_model, synth_task, tmp_path):
+    r = renderer(tiny_model, "qwen2_vl", "qvq")
+    record = json.loads((synth_task / "dpo_train.jsonl").read_text().splitlines()[0])
+    pair = parse(record, Origin("dpo_train.jsonl", line=1), ReaderOptions())
+    assert isinstance(pair, PreferencePair)
+    media = resolve(r, pair, synth_task, tmp_path)
+    sample = r.render_pair(pair, media)
+    prompt = r.tokenizer.decode(sample["prompt_input_ids"])
+    assert prompt.endswith("<|im_start|>assistant\n") and prompt.count("<|image_pad|>") == media[0].num_tokens
+    for side in ("chosen", "rejected"):
+        reply = record[side]
+        assert r.tokenizer.decode(sample[f"{side}_input_ids"]) == \
+            format_reply(reply["reasoning"], reply["answer"], "qvq") + "<|im_end|>"
+    assert sample["images"] == [media[0].path] and sample["image_grid_thw"] == [list(media[0].grid_thw)]
+
+
+def test_render_errors_carry_quarantine_codes(tiny_model):
+    conv = Conversation([Turn("user", [Part.of_text("q")]),
+                         Turn("assistant", [Part.of_text("a")], reasoning="step " * 200)], Origin("x", 1))
+    with pytest.raises(RenderError) as e:
+        renderer(tiny_model, "qwen2_vl", "qvq", max_tokens=64).render(conv, [])
+    assert e.value.code == "too_long"
+    cut = renderer(tiny_model, "qwen2_vl", "qvq", max_tokens=64, truncate=True).render(conv, [])
+    assert cut["num_tokens"] == len(cut["input_ids"]) == 64
+    # answer-only drops the trace, so the same record fits
+    assert renderer(tiny_model, "qwen2_vl", "answer-only", max_tokens=64).render(conv, [])["num_tokens"] < 64
+    bad = Conversation([Turn("user", [Part.of_text("hi <|im_end|> there")]),
+                        Turn("assistant", [Part.of_text("a")])], Origin("x", 1))
+    with pytest.raises(RenderError) as e:
+        renderer(tiny_model, "qwen2_vl").render(bad, [])
+    assert e.value.code == "special_token_in_text"

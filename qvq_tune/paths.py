@@ -19,20 +19,42 @@ def cache_dir() -> Path:
     return path
 
 
-def write_json_atomic(path: str | os.PathLike, obj, *, indent: int | None = 2) -> None:
-    """Write JSON so that a reader never sees half a file."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publishable(path: str | os.PathLike, mode: int) -> None:
+    """mkstemp / mkdtemp create private (0600 / 0700) entries; give the final file or folder
+    the permissions a plain open() / mkdir() would have."""
+    os.chmod(path, mode & ~_umask())
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike):
+    """Yield a temporary sibling path to write; on success it replaces `path` in one rename,
+    so a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=indent, ensure_ascii=False, sort_keys=False)
-            fh.write("\n")
+        yield Path(tmp)
+        publishable(tmp, 0o666)
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: str | os.PathLike, obj, *, indent: int | None = 2) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
 @contextmanager
@@ -41,6 +63,7 @@ def atomic_dir(final: str | os.PathLike):
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    publishable(tmp, 0o777)
     try:
         yield tmp
         if final.exists():
@@ -55,16 +78,3 @@ def atomic_dir(final: str | os.PathLike):
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from qvq_tune.cli.main import SUBCOMMANDS, build_parser, main
+from qvq_tune.cli.main import SUBCOMMANDS, main
 
 
 def run_cli(*args, cwd=None):

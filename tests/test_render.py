@@ -100,12 +100,7 @@ def test_image_tokens_equal_the_processor_on_multi_image_records(tiny_model, med
     assert sample["num_vision_tokens"] == sum(m.num_tokens for m in media)
 
 
-QWEN3_VIDEO_GAP = pytest.mark.xfail(strict=True, reason=(
-    "render.py writes one <|video_pad|> run per video; Qwen3VLProcessor writes per-frame "
-    "'<t seconds>' timestamps and vision markers"))
-
-
-@pytest.mark.parametrize("family", ["qwen2_vl", pytest.param("qwen3_vl", marks=QWEN3_VIDEO_GAP)])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
 def test_video_tokens_equal_the_processor(tiny_model, media_files, tmp_path, family):
     r = renderer(tiny_model, family, "think")
     media_files.video("clip.mp4", frames=12)

@@ -491,11 +491,6 @@ def _report(out, config, counts, reasons, staged, outputs, settings, model_info,
         lengths["preference"] = staged["dpo"].data.column("num_tokens").to_numpy()
     length_histogram(out / HISTOGRAM, lengths, max_tokens=config.max_tokens)
     outputs["histogram"] = str(out / HISTOGRAM)
-    warnings = []
-    if model_info["family"].startswith("qwen3") and counts["video_samples"]:
-        warnings.append(f"{counts['video_samples']} Qwen3-VL samples hold videos: the renderer writes one "
-                        "<|video_pad|> run per video, while Qwen3VLProcessor writes per-frame timestamps, "
-                        "so their token layout differs from the processor's")
     return {
         "input_records": counts["input"], "kept": kept, "quarantined": quarantined,
         "invariant": "input_records == kept + quarantined",
@@ -506,7 +501,7 @@ def _report(out, config, counts, reasons, staged, outputs, settings, model_info,
         "records_per_second": round(counts["input"] / seconds, 1) if seconds > 0 else None,
         "samples_per_second": round(kept / seconds, 1) if seconds > 0 else None,
         "workers": workers, "settings": settings, "model": model_info, "code_version": code_version(),
-        "fingerprint": fingerprint, "outputs": outputs, "warnings": warnings, "cached": False,
+        "fingerprint": fingerprint, "outputs": outputs, "cached": False,
     }
 
 

@@ -44,6 +44,7 @@ from urllib.parse import unquote
 
 from PIL import Image, UnidentifiedImageError
 
+from ..paths import atomic_file, publishable
 from .messages import Media
 from .quarantine import RecordError
 from .render import ResolvedMedia
@@ -194,11 +195,8 @@ class MediaResolver:
         """Write bytes content-addressed (idempotent; concurrent writers are safe)."""
         path = self.media_dir / f"{sha}.{ext}"
         if not path.exists():
-            self.media_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.media_dir, prefix=f".{sha}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
+            with atomic_file(path) as tmp:
+                tmp.write_bytes(data)
         return str(path)
 
     # ---- images ---------------------------------------------------------------------------
@@ -311,6 +309,7 @@ class MediaResolver:
         worker placed first wins (content-addressed, so it holds the same frames)."""
         self.media_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.media_dir, prefix=f".{folder.name}.", suffix=".tmp"))
+        publishable(tmp, 0o777)
         try:
             for name, frame in frames:
                 if isinstance(frame, Image.Image):
@@ -327,15 +326,22 @@ class MediaResolver:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _video_result(self, folder: Path, meta: dict, field: str) -> ResolvedMedia:
-        """Count tokens the way the collator will: the video processor on the same frames."""
+        """Count tokens the way the collator will (the video processor on the same frames),
+        and ask the processor what text replaces this video's placeholder: a run of
+        `<|video_pad|>` for Qwen2/2.5-VL, per-frame `<t seconds>` markers for Qwen3-VL."""
         try:
-            enc = self.processor.video_processor(videos=[load_video_frames(folder)], return_tensors="pt")
+            enc = self.processor.video_processor(videos=[load_video_frames(folder)], return_tensors="pt",
+                                                 return_metadata=True)
         except ValueError as exc:
             raise RecordError("corrupt_media", f"the video processor rejects these frames: {exc}", field=field) from None
         grid = tuple(int(x) for x in enc["video_grid_thw"][0].tolist())
         merge = self.processor.video_processor.merge_size
         n = grid[0] * grid[1] * grid[2] // (merge * merge)
-        return ResolvedMedia("video", str(folder), grid, n, dict(meta))
+        meta = dict(meta)
+        replace = getattr(self.processor, "replace_video_token", None)
+        if replace is not None:
+            meta["replacement"] = str(replace(enc, 0))
+        return ResolvedMedia("video", str(folder), grid, n, meta)
 
 
 # ---- helpers --------------------------------------------------------------------------------

@@ -154,6 +154,9 @@ class SampleRenderer:
         return self._expand_vision(ids, labels, media)
 
     def _expand_vision(self, ids, labels, media):
+        """Replace each placeholder token by what the processor puts there: `n` copies of
+        the pad token, or (Qwen3-VL video) the processor's own replacement text, which
+        starts and ends with special tokens and so tokenises the same on its own."""
         images = [m for m in media if m.kind == "image"]
         videos = [m for m in media if m.kind == "video"]
         n_img = sum(1 for t in ids if t == self.image_token_id)
@@ -166,16 +169,26 @@ class SampleRenderer:
         it_img, it_vid = iter(images), iter(videos)
         for t, lab in zip(ids, labels):
             if t == self.image_token_id:
-                n = next(it_img).num_tokens
+                span = [t] * next(it_img).num_tokens
             elif t == self.video_token_id:
-                n = next(it_vid).num_tokens
+                span = self._video_span(next(it_vid))
             else:
                 out_ids.append(t)
                 out_labels.append(lab)
                 continue
-            out_ids.extend([t] * n)
-            out_labels.extend([IGNORE_INDEX] * n)
+            out_ids.extend(span)
+            out_labels.extend([IGNORE_INDEX] * len(span))
         return out_ids, out_labels
+
+    def _video_span(self, video: ResolvedMedia) -> list[int]:
+        replacement = video.meta.get("replacement")
+        if not replacement:
+            return [self.video_token_id] * video.num_tokens
+        span = self.tokenizer(replacement, add_special_tokens=False)["input_ids"]
+        if span.count(self.video_token_id) != video.num_tokens:
+            raise RenderError("corrupt_media", "the processor's video placeholder does not hold "
+                              f"{video.num_tokens} video tokens")
+        return span
 
     def _media_columns(self, media: list[ResolvedMedia]) -> dict:
         return {

@@ -7,11 +7,11 @@ describe exactly what trainers will consume. Every summary has the same keys:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..paths import atomic_file
 
 
 def summary(values) -> dict:
@@ -84,13 +84,8 @@ def length_histogram(path: str | Path, series: dict[str, np.ndarray], *, max_tok
     if plotted or max_tokens:
         ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format="png", metadata={"Software": None})
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -9,7 +9,6 @@ pre-trains the qwen2_vl one into the embedded default that can see.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 
 from ..paths import atomic_dir, write_json_atomic
 from .detect import IDENTITY_FILE
-from .registry import FAMILIES, QVQ_SYSTEM_PROMPT, ModelFamily, get_family
+from .registry import QVQ_SYSTEM_PROMPT, ModelFamily, get_family
 
 
 @dataclass(frozen=True)

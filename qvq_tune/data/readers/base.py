@@ -73,7 +73,6 @@ def detect_format(record: dict) -> str | None:
 
 
 def parse(record, origin: Origin, options: ReaderOptions) -> Example:
-    from . import native  # noqa: F401  (registration)
     _load_all()
     if not isinstance(record, dict):
         raise RecordError("unknown_schema", f"expected a JSON object, got {type(record).__name__}")

@@ -138,7 +138,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     metrics = read_metrics(run_dir / "metrics.jsonl")
     losses = [m["loss"] for m in metrics if "loss" in m]
     accuracies = {"base": base_eval["accuracy"], "tuned": tuned["accuracy"],
-                  "tuned, blank images": tuned_blank["accuracy"], "merged bf16": merged["accuracy"]}
+                  "tuned\n(blank images)": tuned_blank["accuracy"], "merged\n(bf16)": merged["accuracy"]}
     png = plot_run(metrics, accuracies, out / "report.png",
                    f"qvq-tune demo: {cfg.task} ({cfg.steps} steps, {cfg.accelerate_config} x{cfg.num_processes})")
     report = {

@@ -101,3 +101,18 @@ def media_files(tmp_path) -> MediaFiles:
     root = tmp_path / "media_root"
     root.mkdir()
     return MediaFiles(root)
+
+
+@pytest.fixture(scope="session")
+def built_train(tiny_model, tmp_path_factory):
+    """A small synthetic task built with the tiny qwen2_vl's processor: {"train": dir, "test": dir}."""
+    from qvq_tune.data.build import BuildConfig, build
+    from qvq_tune.synth.generate import SynthConfig, generate
+    root = tmp_path_factory.mktemp("train_data")
+    generate(SynthConfig(train=64, validation=0, test=16, dpo=False), root / "raw", progress=False)
+    out = {}
+    for split in ("train", "test"):
+        build(BuildConfig(input=str(root / "raw" / f"{split}.jsonl"), model=str(tiny_model("qwen2_vl")),
+                          out=str(root / split), reasoning="qvq", workers=1))
+        out[split] = root / split
+    return out

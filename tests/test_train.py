@@ -11,21 +11,6 @@ from safetensors.torch import load_file
 from qvq_tune.train.config import recipe_from_dict
 
 
-@pytest.fixture(scope="session")
-def built_train(tiny_model, tmp_path_factory):
-    """A small synthetic task built with the tiny qwen2_vl's processor."""
-    from qvq_tune.data.build import BuildConfig, build
-    from qvq_tune.synth.generate import SynthConfig, generate
-    root = tmp_path_factory.mktemp("train_data")
-    generate(SynthConfig(train=64, validation=0, test=16, dpo=False), root / "raw", progress=False)
-    out = {}
-    for split in ("train", "test"):
-        build(BuildConfig(input=str(root / "raw" / f"{split}.jsonl"), model=str(tiny_model("qwen2_vl")),
-                          out=str(root / split), reasoning="qvq", workers=1))
-        out[split] = root / split
-    return out
-
-
 def _recipe(tmp_path, model, data, **over):
     base = {"name": "t", "model": str(model), "method": "qlora", "output_dir": str(tmp_path),
             "data": {"train": str(data)},

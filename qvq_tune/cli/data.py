@@ -21,7 +21,8 @@ def add_parser(sub) -> None:
     b.add_argument("--input", required=True, metavar="FILE_OR_DIR",
                    help=".jsonl/.json/.parquet/.arrow file, HF datasets folder, or a folder of them")
     b.add_argument("--model", required=True, metavar="DIR_OR_FAMILY",
-                   help="checkpoint folder, or a family name (a tiny offline model of it is built)")
+                   help="checkpoint folder, 'tiny' (the embedded base), or a family name "
+                        "(a tiny offline model of it is built)")
     b.add_argument("--out", required=True, metavar="DIR")
     b.add_argument("--format", default="auto", choices=FORMATS)
     b.add_argument("--image-root", metavar="DIR",

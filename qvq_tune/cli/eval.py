@@ -9,7 +9,8 @@ HELP = "evaluate a model (optionally + adapter) on a built dataset by generation
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help=HELP, description=HELP)
-    p.add_argument("--model", required=True, help="checkpoint folder, or 'tiny'")
+    p.add_argument("--model", required=True,
+                   help="checkpoint folder, 'tiny' (the embedded base) or a family name (a tiny zoo model)")
     p.add_argument("--adapter", help="LoRA adapter folder (e.g. runs/NAME/adapter)")
     p.add_argument("--data", required=True, help="a folder written by `qvq-tune data build`")
     p.add_argument("--out", help="write per-sample results to this JSONL")
@@ -23,7 +24,7 @@ def add_parser(sub) -> None:
 
 def _run(args) -> int:
     from ..eval.evaluate import EvalOptions, evaluate, load_for_eval
-    from ..train.run_folder import resolve_model_dir
+    from ..models.resolve import resolve_model_dir
     opts = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit,
                        blank_images=args.blank_images, load_in_4bit=args.load_in_4bit)
     model, processor = load_for_eval(resolve_model_dir(args.model), args.adapter, opts)

@@ -33,7 +33,7 @@ def _run(args) -> int:
     from ..models.detect import detect
     from ..train.config import load_recipe, save_recipe
     from ..train.launch import launch, resolve_accelerate_config
-    from ..train.run_folder import resolve_model_dir
+    from ..models.resolve import resolve_model_dir
 
     recipe = load_recipe(args.recipe, parse_overrides(args.set))
     resolve_accelerate_config(recipe.launch.accelerate_config)
@@ -42,7 +42,7 @@ def _run(args) -> int:
     if args.check:
         print(json.dumps(recipe.to_dict(), indent=2))
         return 0
-    recipe.model = resolve_model_dir(recipe.model)  # build the tiny base once, before the workers start
+    recipe.model = str(resolve_model_dir(recipe.model))  # build the tiny base once, before the workers start
     run_dir = recipe.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, run_dir / "recipe.yaml")

@@ -41,7 +41,7 @@ from typing import Iterator
 
 from .. import __version__
 from ..errors import UserError
-from ..paths import atomic_dir, cache_dir, write_json_atomic
+from ..paths import atomic_dir, write_json_atomic
 from .files import input_files, iter_file
 from .media import (DEFAULT_FPS, DEFAULT_MAX_FRAMES, DEFAULT_MAX_IMAGE_PIXELS, MediaOptions,
                     MediaResolver, file_stat)
@@ -111,23 +111,6 @@ class BuildConfig:
                             "output; choose an output folder elsewhere", path=self.out)
         if out.exists() and not out.is_dir():
             raise UserError("--out exists and is not a folder", path=self.out)
-
-
-def resolve_model(model: str) -> Path:
-    """A checkpoint folder as given, or a tiny zoo checkpoint of a family (built once, cached)."""
-    from ..models.registry import FAMILIES, supported_names
-
-    path = Path(model).expanduser()
-    if path.exists():
-        return path
-    if model in FAMILIES:
-        from ..models import zoo
-        folder = cache_dir() / "zoo" / f"tiny-{model}-{_source_hash([zoo.__file__])[:12]}"
-        if not (folder / "config.json").is_file():
-            zoo.build_tiny(model, folder)
-        return folder
-    raise UserError(f"--model {model!r} is neither a folder nor a model family "
-                    f"({', '.join(supported_names())})", key="model")
 
 
 # ---- workers -----------------------------------------------------------------------------
@@ -350,12 +333,13 @@ def _cached_report(out: Path, fingerprint: str) -> dict | None:
 def build(config: BuildConfig, *, log=None, progress: bool = False) -> dict:
     """Build OUT from the input; returns the report (also written to OUT/report.json)."""
     from ..models.detect import detect
+    from ..models.resolve import resolve_model_dir
 
     log = log or (lambda msg: None)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")    # we fork after using the tokenizer
     started = time.perf_counter()
     out = Path(config.out).absolute()
-    model_dir = resolve_model(config.model).absolute()
+    model_dir = resolve_model_dir(config.model).absolute()
     detected = detect(model_dir)
     files = input_files(config.input)
     workers = config.workers or min(4, os.cpu_count() or 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
+from ..models.loading import reset_rope_cache
 from ..train.collators import VisionSFTCollator
 
 
@@ -24,11 +25,7 @@ def generate_replies(model, processor, prompts: list[dict], *, max_new_tokens: i
         batch = {k: v.to(model.device) for k, v in batch.items()}
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                              eos_token_id=eos, pad_token_id=tok.pad_token_id)
-        # generate() caches rope deltas on the inner model; clear them so a later forward
-        # that passes only embeddings does not reuse stale positions.
-        inner = getattr(model, "model", None)
-        if inner is not None and hasattr(inner, "rope_deltas"):
-            inner.rope_deltas = None
+        reset_rope_cache(model)
         new = out[:, batch["input_ids"].shape[1]:]
         replies.extend(tok.batch_decode(new, skip_special_tokens=True))
     model.train(was_training)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..models.loading import load_model, load_processor
+from ..models.loading import load_model, load_processor, reset_rope_cache
 from ..paths import atomic_dir, write_json_atomic
 
 
@@ -48,9 +48,7 @@ def _assert_unquantised(model) -> None:
 @torch.no_grad()
 def _logits(model, batch) -> torch.Tensor:
     out = model(**batch).logits.float()
-    inner = getattr(model, "model", None)
-    if inner is not None and hasattr(inner, "rope_deltas"):
-        inner.rope_deltas = None
+    reset_rope_cache(model)
     return out
 
 

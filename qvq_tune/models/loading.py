@@ -58,3 +58,11 @@ def cpu_safe_4bit(model) -> None:
     for module in model.modules():
         if isinstance(module, Linear4bit):
             module.support_avx512bf16_for_cpu = False
+
+
+def reset_rope_cache(model) -> None:
+    """Qwen VL models cache rope deltas on the inner model during `generate()` (and reuse
+    them on a later forward that passes only embeddings); clear them between uses."""
+    inner = getattr(getattr(model, "get_base_model", lambda: model)(), "model", None)
+    if inner is not None and hasattr(inner, "rope_deltas"):
+        inner.rope_deltas = None

@@ -20,14 +20,6 @@ from .config import Recipe, save_recipe
 ADAPTER_DIR = "adapter"
 
 
-def resolve_model_dir(model: str) -> str:
-    """"tiny" means the embedded tiny base (built and cached on first use)."""
-    if model == "tiny":
-        from ..models.base import ensure_tiny_base
-        return str(ensure_tiny_base())
-    return model
-
-
 def init_run_folder(recipe: Recipe, model_dir: str) -> Path:
     run = recipe.run_dir
     run.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,8 @@ from .callbacks import MetricsJsonl, read_metrics
 from .collators import VisionSFTCollator
 from .config import Recipe, load_recipe
 from .model_setup import build_model, trainable_summary, zero3_partition
-from .run_folder import ADAPTER_DIR, init_run_folder, resolve_model_dir
+from ..models.resolve import resolve_model_dir
+from .run_folder import ADAPTER_DIR, init_run_folder
 
 
 def sft_config(recipe: Recipe, run_dir):
@@ -50,7 +51,7 @@ def run_sft(recipe: Recipe) -> dict:
     from trl import SFTTrainer
 
     t0 = time.time()
-    model_dir = resolve_model_dir(recipe.model)
+    model_dir = str(resolve_model_dir(recipe.model))
     family = get_family(detect(model_dir).family)
     processor = load_processor(model_dir)
     train_ds = load_samples(recipe.data.train)

@@ -1,0 +1,42 @@
+"""What a user may name as a model, turned into a local checkpoint folder.
+
+- `tiny`: the embedded pre-trained tiny base (`models/base.py`, built once, cached);
+- a family name (`qwen2_vl`, `qwen3_vl`, ...): a tiny random checkpoint of that family
+  from the zoo, cached under a hash of the code and vocabulary it is built from;
+- anything else: a folder, returned as given (`detect` reports a missing or unsupported one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from ..paths import cache_dir
+from .registry import FAMILIES
+
+
+def zoo_fingerprint(family: str) -> str:
+    """Hash of what a tiny zoo checkpoint depends on: the zoo and tokenizer code, the
+    tokenizer corpus and the family's chat template."""
+    from ..synth.vocabulary import tokenizer_corpus
+    from . import tokenizer, zoo
+    h = hashlib.sha256(family.encode())
+    for module in (zoo, tokenizer):
+        h.update(Path(module.__file__).read_bytes())
+    h.update("\n".join(tokenizer_corpus()).encode())
+    h.update(zoo.chat_template_text(FAMILIES[family].chat_template).encode())
+    return h.hexdigest()[:12]
+
+
+def resolve_model_dir(model: str) -> Path:
+    if model == "tiny":
+        from .base import ensure_tiny_base
+        return ensure_tiny_base()
+    path = Path(model).expanduser()
+    if model in FAMILIES and not path.exists():
+        from .zoo import build_tiny
+        folder = cache_dir() / "zoo" / f"tiny-{model}-{zoo_fingerprint(model)}"
+        if not (folder / "config.json").is_file():
+            build_tiny(model, folder)
+        return folder
+    return path

@@ -3,7 +3,8 @@
 - `tiny`: the embedded pre-trained tiny base (`models/base.py`, built once, cached);
 - a family name (`qwen2_vl`, `qwen3_vl`, ...): a tiny random checkpoint of that family
   from the zoo, cached under a hash of the code and vocabulary it is built from;
-- anything else: a folder, returned as given (`detect` reports a missing or unsupported one).
+- anything else: a folder, returned as given (`detect` reports a missing or unsupported
+  one); a bare name that is none of these is an error listing what is accepted.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from ..errors import UserError
 from ..paths import cache_dir
-from .registry import FAMILIES
+from .registry import FAMILIES, supported_names
 
 
 def zoo_fingerprint(family: str) -> str:
@@ -39,4 +41,7 @@ def resolve_model_dir(model: str) -> Path:
         if not (folder / "config.json").is_file():
             build_tiny(model, folder)
         return folder
+    if not path.exists() and "/" not in model:
+        raise UserError(f"{model!r} is not a model folder, 'tiny', or a model family "
+                        f"({', '.join(supported_names())})", key="model")
     return path

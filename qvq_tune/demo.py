@@ -8,6 +8,7 @@ Every stage is the same library call the CLI exposes; the demo only chains them.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 from .errors import UserError
 from .paths import write_json_atomic
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo_qlora_zero3.yaml"
+RECIPE = "demo_qlora_zero3"          # packaged in qvq_tune/presets/recipes/
 
 
 @dataclass
@@ -45,22 +46,20 @@ def _say(msg: str) -> None:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    import torch
-
     from .data.build import BuildConfig, build
     from .eval.evaluate import EvalOptions, evaluate, load_for_eval
     from .eval.report import plot_run, print_summary
-    from .export.merge import export_run
-    from .models.base import REPORT_FILE, ensure_tiny_base
+    from .export.run import export_run
     from .paths import write_text_atomic
+    from .run_folder import METRICS, RunFolder
     from .synth.generate import SynthConfig, generate
+    from .tiny.pretrain import REPORT_FILE, ensure_tiny_base
     from .train.callbacks import read_metrics
-    from .train.config import load_recipe, save_recipe
-    from .train.launch import launch
-    from .train.run_folder import read_json
+    from .train.config import load_recipe
+    from .train.run import train
 
     t0 = time.time()
-    out = Path(cfg.out)
+    out = Path(cfg.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
 
@@ -68,8 +67,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         timings[name] = round(time.time() - t0 - sum(timings.values()), 1)
 
     _say("1/7 tiny base model (pre-trained once, then cached)")
-    base = str(ensure_tiny_base(log=_say))
-    base_pretrain = read_json(Path(base) / REPORT_FILE)
+    base = ensure_tiny_base(log=_say)
+    base_pretrain = json.loads((base / REPORT_FILE).read_text())
     stage("base")
 
     _say(f"2/7 synthesising the '{cfg.task}' diagram task")
@@ -79,63 +78,46 @@ def run_demo(cfg: DemoConfig) -> dict:
     stage("synth")
 
     _say("3/7 building datasets with the base model's processor and chat template")
-    built = {}
-    for split in ("train", "test"):
-        rep = build(BuildConfig(input=str(raw / f"{split}.jsonl"), model=base,
-                                out=str(out / "data" / split), reasoning="qvq"))
-        built[split] = rep
+    data = {split: out / "data" / split for split in ("train", "test")}
+    built = {split: build(BuildConfig(input=str(raw / f"{split}.jsonl"), model=str(base), out=str(folder),
+                                      reasoning="qvq"))
+             for split, folder in data.items()}
     stage("build")
 
     _say("4/7 evaluating the base model")
     opts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64)
-    model, processor = load_for_eval(base, None, opts)
-    base_eval = evaluate(model, processor, str(out / "data" / "test"), opts,
+    base_eval = evaluate(load_for_eval(base, None, opts), data["test"], opts,
                          out_jsonl=out / "eval" / "base.jsonl", desc="eval base")
-    del model
     stage("eval_base")
 
     _say(f"5/7 QLoRA SFT, {cfg.accelerate_config} across {cfg.num_processes} processes")
     recipe = load_recipe(RECIPE, {
-        "model": base, "output_dir": str(out), "name": "train",
-        "data.train": str(out / "data" / "train"),
+        "model": str(base), "output_dir": str(out), "name": "train", "data.train": str(data["train"]),
         "optim.max_steps": cfg.steps, "optim.per_device_batch_size": cfg.per_device_batch_size,
-        "optim.seed": cfg.seed, "optim.logging_steps": max(1, min(10, cfg.steps // 10)), "launch.accelerate_config": cfg.accelerate_config,
-        "launch.num_processes": cfg.num_processes})
-    run_dir = recipe.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, run_dir / "recipe.yaml")
-    launch("qvq_tune.train.sft", ["--recipe", str(run_dir / "recipe.yaml")],
-           config=recipe.launch.accelerate_config, num_processes=recipe.launch.num_processes,
-           run_dir=run_dir)
-    train_report = read_json(run_dir / "train_report.json")
+        "optim.seed": cfg.seed, "optim.logging_steps": max(1, min(10, cfg.steps // 10)),
+        "launch.accelerate_config": cfg.accelerate_config, "launch.num_processes": cfg.num_processes})
+    train_report = train(recipe)
+    run = RunFolder(recipe.run_dir)
     stage("train")
 
     _say("6/7 evaluating the tuned model (4-bit base + adapter, as trained), then on blank images")
     topts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64, load_in_4bit=True)
-    model, processor = load_for_eval(base, str(run_dir / "adapter"), topts)
-    tuned = evaluate(model, processor, str(out / "data" / "test"), topts,
-                     out_jsonl=out / "eval" / "tuned.jsonl", desc="eval tuned")
+    tuned_model = load_for_eval(base, run.adapter, topts)
+    tuned = evaluate(tuned_model, data["test"], topts, out_jsonl=out / "eval" / "tuned.jsonl", desc="eval tuned")
     topts.blank_images = True
-    tuned_blank = evaluate(model, processor, str(out / "data" / "test"), topts,
-                           out_jsonl=out / "eval" / "tuned_blank.jsonl", desc="eval tuned, blank")
-    del model
+    tuned_blank = evaluate(tuned_model, data["test"], topts, out_jsonl=out / "eval" / "tuned_blank.jsonl",
+                           desc="eval tuned, blank")
+    del tuned_model
     stage("eval_tuned")
 
     _say("7/7 merging the adapter into a bf16 model and verifying the merge")
-    from .data.dataset import load_samples
-    from .train.collators import VisionSFTCollator
-    test_ds = load_samples(out / "data" / "test")
-    verify_batch = VisionSFTCollator(processor)([test_ds[i] for i in range(min(8, len(test_ds)))])
-    with torch.no_grad():
-        export = export_run(base, str(run_dir / "adapter"), out / "export", verify_batch)
+    export = export_run(run.path, out / "export", verify_data=data["test"], verify_samples=8)
     mopts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64, dtype="float32")
-    model, processor = load_for_eval(export["merged"], None, mopts)
-    merged = evaluate(model, processor, str(out / "data" / "test"), mopts,
+    merged = evaluate(load_for_eval(export["merged"], None, mopts), data["test"], mopts,
                       out_jsonl=out / "eval" / "merged.jsonl", desc="eval merged")
-    del model
     stage("export")
 
-    metrics = read_metrics(run_dir / "metrics.jsonl")
+    metrics = read_metrics(run.file(METRICS))
     losses = [m["loss"] for m in metrics if "loss" in m]
     accuracies = {"base": base_eval["accuracy"], "tuned": tuned["accuracy"],
                   "tuned\n(blank images)": tuned_blank["accuracy"], "merged\n(bf16)": merged["accuracy"]}
@@ -143,7 +125,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                    f"qvq-tune demo: {cfg.task} ({cfg.steps} steps, {cfg.accelerate_config} x{cfg.num_processes})")
     report = {
         "task": cfg.task,
-        "base_model": base,
+        "base_model": str(base),
         "base_accuracy": base_eval["accuracy"],
         "tuned_accuracy": tuned["accuracy"],
         "tuned_blank_image_accuracy": tuned_blank["accuracy"],

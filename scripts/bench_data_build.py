@@ -66,7 +66,7 @@ def run(args, work: Path) -> None:
     from qvq_tune.data.build import BuildConfig, build
     from qvq_tune.models.detect import detect
     from qvq_tune.models.loading import load_processor
-    from qvq_tune.models.zoo import build_tiny
+    from qvq_tune.tiny.zoo import build_tiny
     from qvq_tune.synth.generate import SynthConfig, generate
 
     task, model = work / f"task-{args.records}-{args.image_size}", work / f"tiny-{args.family}"

@@ -1,12 +1,23 @@
-"""Shared fixtures: tiny zoo checkpoints (built once per session) and an isolated cache."""
+"""Shared fixtures: tiny zoo checkpoints (built once per session) and an isolated cache.
+
+Tests never read or write the user's cache: `QVQ_TUNE_CACHE` points at a folder made for
+this test run (inherited by every subprocess the tests start) and removed at the end, so
+the tiny base and every other cached artefact is rebuilt and re-measured by each run.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
+_CACHE = tempfile.mkdtemp(prefix="qvq-tune-test-cache-")
+os.environ["QVQ_TUNE_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -25,7 +36,7 @@ def zoo_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(zoo_dir):
     """tiny_model(family) -> folder of a tiny random checkpoint of that family (cached per session)."""
-    from qvq_tune.models.zoo import build_tiny
+    from qvq_tune.tiny.zoo import build_tiny
 
     def get(family: str = "qwen2_vl") -> Path:
         path = zoo_dir / family

@@ -255,7 +255,7 @@ def test_hf_folder_and_parquet_with_image_bytes(tiny_model, tmp_path, media_file
 def test_base64_multi_image_and_video_records_feed_the_collator(tiny_model, media_files, tmp_path):
     from qvq_tune.data.dataset import load_samples
     from qvq_tune.models.loading import load_processor
-    from qvq_tune.train.collators import VisionSFTCollator
+    from qvq_tune.data.collate import VisionCollator
 
     png = media_files.image_bytes(112, 112)
     a, b = media_files.image("a.png", 200, 100), media_files.image("b.png", 90, 90)
@@ -273,7 +273,7 @@ def test_base64_multi_image_and_video_records_feed_the_collator(tiny_model, medi
     assert rows[0]["images"][0].startswith(str(tmp_path / "out" / "media"))
     assert [len(r["images"]) for r in rows] == [1, 2, 0, 0] and [len(r["videos"]) for r in rows] == [0, 0, 1, 1]
     assert rows[2]["video_grid_thw"][0][0] == 2           # 10 frames at 4 fps, 2 fps sampled -> 4 frames
-    collate = VisionSFTCollator(load_processor(tiny_model("qwen2_vl")))
+    collate = VisionCollator(load_processor(tiny_model("qwen2_vl")))
     batch = collate(rows)
     assert batch["image_grid_thw"].tolist() == [g for r in rows for g in r["image_grid_thw"]]
     assert batch["video_grid_thw"].tolist() == [g for r in rows for g in r["video_grid_thw"]]

@@ -38,7 +38,7 @@ def test_templates_equal_trls_copies(ours, trls):
 
 def test_qvq_template_defaults_to_the_qvq_system_prompt(tiny_model):
     from transformers import AutoProcessor
-    from qvq_tune.models.zoo import chat_template_text
+    from qvq_tune.models.registry import chat_template_text
     qvq = chat_template_text("qvq.jinja")
     assert "You are Qwen developed by Alibaba" in qvq and "You should think step-by-step." in qvq
     proc = AutoProcessor.from_pretrained(tiny_model("qwen2_vl"))

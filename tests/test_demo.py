@@ -1,8 +1,8 @@
-"""The end-to-end demo, short: every stage runs for real (ZeRO-3 across 2 processes included).
+"""The tiny base and the end-to-end demo, short: every stage runs for real (ZeRO-3 across
+2 processes included), and the figures are measured here, not read back from a cache.
 
-The full demo (`qvq-tune demo`) is the acceptance run; this checks the pipeline and its
-report with a few steps. The tiny base it uses is the real cached one, whose own
-pre-training report must show it reads images.
+The full demo (`qvq-tune demo`) is the acceptance run; this checks the pipeline with a
+short training run that must still show a real lift.
 """
 
 from __future__ import annotations
@@ -14,35 +14,42 @@ import pytest
 
 @pytest.fixture(scope="module")
 def tiny_base():
-    from qvq_tune.models.base import REPORT_FILE, ensure_tiny_base
-    path = ensure_tiny_base(progress=False)
-    return path, json.loads((path / REPORT_FILE).read_text())
+    """Built in this test run's own cache (conftest points QVQ_TUNE_CACHE at a fresh folder)."""
+    from qvq_tune.tiny.pretrain import ensure_tiny_base
+    return ensure_tiny_base()
 
 
-def test_tiny_base_reads_images(tiny_base):
-    _, report = tiny_base
-    acc = report["accuracy"]
-    for kind, chance in (("colour", 1 / 6), ("shape", 1 / 3), ("count", 1 / 4)):
+def test_tiny_base_reads_images(tiny_base, tmp_path):
+    """Re-measured on fresh held-out scenes (a seed the build never used): near-perfect on
+    real images, near chance on blank ones (chance: 1/6 colour, 1/3 shape, 1/4 count)."""
+    from qvq_tune.tiny.pretrain import CHANCE, CHECKED_KINDS, caption_accuracy
+    acc = caption_accuracy(tiny_base, 60, "test-suite", tmp_path)
+    for kind in CHECKED_KINDS:
         assert acc[kind] >= 0.9, (kind, acc)
-        assert acc[f"blank_{kind}"] <= chance + 0.25, (kind, acc)
-    assert report["total_seconds"] < 600
+        # 60 blank questions per kind: chance + 0.25 is > 4 standard deviations above chance.
+        assert acc[f"blank_{kind}"] <= CHANCE[kind] + 0.25, (kind, acc)
 
 
 @pytest.mark.slow
 def test_short_demo_end_to_end(tmp_path, tiny_base):
     from qvq_tune.demo import DemoConfig, run_demo
-    report = run_demo(DemoConfig(out=str(tmp_path / "demo"), train_size=160, test_size=24, steps=20,
+    report = run_demo(DemoConfig(out=str(tmp_path / "demo"), train_size=320, test_size=48, steps=150,
                                  per_device_batch_size=8, max_new_tokens=48))
-    for key in ("base_accuracy", "tuned_accuracy", "tuned_blank_image_accuracy", "train_loss_first",
-                "train_loss_last", "wall_seconds"):
-        assert key in report, key
-    assert report["world_size"] == 2 and report["train_steps"] == 20
-    assert report["train_loss_last"] < 0.75 * report["train_loss_first"]
+    assert report["world_size"] == 2 and report["train_steps"] == 150
+    assert report["train_loss_last"] < 0.25 * report["train_loss_first"]
     assert report["zero3_partition"]["local_numel"] < report["zero3_partition"]["full_numel"]
     assert report["merge_check"]["passed"] and report["merge_check"]["adapter_effect"] > 0
+    # A real lift that comes from reading the image. Measured with this configuration over
+    # seeds 0-2: base 0.0 / 0.0 / 0.0, tuned 0.71 / 0.75 / 0.63, blank images 0.13 / 0.0 / 0.0,
+    # merged bf16 0.63 / 0.50 / 0.54. 0.4 is > 3 binomial standard deviations (48 samples)
+    # below the lowest tuned figure; bf16 rounding costs the merged model some points.
+    assert report["tuned_accuracy"] >= report["base_accuracy"] + 0.4
+    assert report["tuned_accuracy"] >= report["tuned_blank_image_accuracy"] + 0.4
+    assert report["merged_accuracy"] >= report["base_accuracy"] + 0.25
     out = tmp_path / "demo"
     assert json.loads((out / "report.json").read_text()) == report
     assert (out / "report.png").stat().st_size > 1000
     assert (out / "export" / "merged" / "model.safetensors").is_file()
-    rows = [json.loads(l) for l in (out / "eval" / "tuned.jsonl").read_text().splitlines()]
-    assert len(rows) == 24 and all({"reply", "predicted", "reference", "correct"} <= set(r) for r in rows)
+    rows = [json.loads(line) for line in (out / "eval" / "tuned.jsonl").read_text().splitlines()]
+    assert len(rows) == 48 and all({"reply", "predicted", "reference", "correct"} <= set(r) for r in rows)
+    assert sum(r["correct"] for r in rows) / 48 == report["tuned_accuracy"]

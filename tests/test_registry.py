@@ -94,3 +94,16 @@ def test_detect_errors_name_the_path(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no config.json"):
         detect(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("family", ZOO_FAMILIES)
+def test_4bit_loading_keeps_vision_tower_merger_and_head_out_of_4bit(family, tiny_model):
+    """QLoRA quantises the language model only; the skip list comes from the registry's prefixes."""
+    from qvq_tune.models.loading import load_model, quantised_modules
+    fam = get_family(family)
+    quantised = quantised_modules(load_model(tiny_model(family), load_in_4bit=True))
+    kept_out = fam.vision_prefixes + fam.merger_prefixes + ("lm_head",)
+    assert not [n for n in quantised if n.startswith(kept_out)]
+    lm = re.compile(fam.lora_target_regex())
+    assert [n for n in quantised if lm.fullmatch(n)], "the language model's projections are 4-bit"
+    assert all(n.startswith(fam.language_model_prefix) for n in quantised)

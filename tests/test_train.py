@@ -27,9 +27,9 @@ def _recipe(tmp_path, model, data, **over):
 
 @pytest.mark.parametrize("method", ["qlora", "lora"])
 def test_lora_methods_train_only_the_adapter(method, tmp_path, tiny_model, built_train):
-    from qvq_tune.train.sft import run_sft
+    from qvq_tune.train.run import train
     recipe = _recipe(tmp_path, tiny_model("qwen2_vl"), built_train["train"], method=method)
-    report = run_sft(recipe)
+    report = train(recipe, in_process=True)
     run = recipe.run_dir
     assert report["steps"] == 6 and report["world_size"] == 1
     r, h, i, layers = 16, 128, 512, 2   # LoRA rank; the tiny model's hidden, MLP and depth
@@ -49,10 +49,10 @@ def test_lora_methods_train_only_the_adapter(method, tmp_path, tiny_model, built
 
 
 def test_full_finetune_changes_the_language_model_only(tmp_path, tiny_model, built_train):
-    from qvq_tune.train.sft import run_sft
+    from qvq_tune.train.run import train
     base = tiny_model("qwen2_vl")
     recipe = _recipe(tmp_path, base, built_train["train"], method="full", **{"optim.lr": 0.001})
-    run_sft(recipe)
+    train(recipe, in_process=True)
     from transformers import AutoModelForImageTextToText
     before = dict(AutoModelForImageTextToText.from_pretrained(base).named_parameters())
     after = dict(AutoModelForImageTextToText.from_pretrained(recipe.run_dir / "adapter").named_parameters())
@@ -66,16 +66,12 @@ def test_full_finetune_changes_the_language_model_only(tmp_path, tiny_model, bui
 @pytest.mark.parametrize("preset", ["zero3_shard_all", "ddp"])
 def test_two_process_launch_on_cpu(preset, tmp_path, tiny_model, built_train):
     """Real `accelerate launch` across 2 CPU processes: DeepSpeed ZeRO-3 (QLoRA) and DDP."""
-    from qvq_tune.train.config import save_recipe
-    from qvq_tune.train.launch import launch
+    from qvq_tune.train.run import train
     recipe = _recipe(tmp_path, tiny_model("qwen2_vl"), built_train["train"], name=preset,
                      **{"launch.accelerate_config": preset, "launch.num_processes": 2,
                         "optim.per_device_batch_size": 4})
-    recipe.run_dir.mkdir(parents=True)
-    save_recipe(recipe, recipe.run_dir / "recipe.yaml")
-    launch("qvq_tune.train.sft", ["--recipe", str(recipe.run_dir / "recipe.yaml")],
-           config=preset, num_processes=2, run_dir=recipe.run_dir)
-    report = json.loads((recipe.run_dir / "train_report.json").read_text())
+    report = train(recipe)
+    assert report == json.loads((recipe.run_dir / "train_report.json").read_text())
     assert report["world_size"] == 2 and report["steps"] == 6
     part = report["zero3_partition"]
     if preset.startswith("zero3"):

@@ -24,9 +24,9 @@ def add_parser(sub) -> None:
 
 def _run(args) -> int:
     from ..eval.evaluate import EvalOptions, evaluate, load_for_eval
-    from ..models.resolve import resolve_model_dir
+    from ..tiny.resolve import resolve_model_dir
     opts = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit,
                        blank_images=args.blank_images, load_in_4bit=args.load_in_4bit)
-    model, processor = load_for_eval(resolve_model_dir(args.model), args.adapter, opts)
-    print(json.dumps(evaluate(model, processor, args.data, opts, out_jsonl=args.out), indent=2))
+    em = load_for_eval(resolve_model_dir(args.model), args.adapter, opts)
+    print(json.dumps(evaluate(em, args.data, opts, out_jsonl=args.out), indent=2))
     return 0

@@ -16,25 +16,6 @@ def add_parser(sub) -> None:
 
 
 def _run(args) -> int:
-    from pathlib import Path
-
-    import torch
-
-    from ..data.dataset import load_samples
-    from ..errors import UserError
-    from ..export.merge import export_run
-    from ..models.loading import load_processor
-    from ..train.collators import VisionSFTCollator
-    from ..train.config import load_recipe
-
-    run = Path(args.run)
-    if not (run / "adapter" / "adapter_config.json").is_file():
-        raise UserError("no adapter/adapter_config.json in this run folder", path=str(run))
-    recipe = load_recipe(run / "recipe.yaml")
-    processor = load_processor(recipe.model)
-    ds = load_samples(recipe.data.train)
-    batch = VisionSFTCollator(processor)([ds[i] for i in range(min(4, len(ds)))])
-    with torch.no_grad():
-        report = export_run(recipe.model, str(run / "adapter"), args.out, batch, dtype=args.dtype)
-    print(json.dumps(report, indent=2))
+    from ..export.run import export_run
+    print(json.dumps(export_run(args.run, args.out, dtype=args.dtype), indent=2))
     return 0

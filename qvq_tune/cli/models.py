@@ -29,7 +29,7 @@ def _detect(args) -> int:
 
 def _list(args) -> int:
     from ..models.registry import CHECKPOINTS, FAMILIES
-    out = {"families": {k: asdict(v) for k, v in FAMILIES.items()},
+    out = {"families": {k: v.to_dict() for k, v in FAMILIES.items()},
            "checkpoints": {k: asdict(v) for k, v in CHECKPOINTS.items()}}
     print(json.dumps(out, indent=2))
     return 0

@@ -22,12 +22,12 @@ def add_parser(sub) -> None:
 
 
 def _build(args) -> int:
-    from ..models.zoo import build_tiny
+    from ..tiny.zoo import build_tiny
     print(build_tiny(args.family, args.out, seed=args.seed))
     return 0
 
 
 def _base(args) -> int:
-    from ..models.base import ensure_tiny_base
+    from ..tiny.pretrain import ensure_tiny_base
     print(ensure_tiny_base())
     return 0

@@ -35,7 +35,7 @@ import shutil
 import time
 from collections import Counter, deque
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -48,7 +48,7 @@ from .media import (DEFAULT_FPS, DEFAULT_MAX_FRAMES, DEFAULT_MAX_IMAGE_PIXELS, M
 from .messages import Conversation, Origin, Turn
 from .quarantine import RecordError, quarantine_row
 from .readers import FORMATS as INPUT_FORMATS
-from .readers import ReaderOptions, parse
+from .readers import ReaderOptions, parse, parse_columns
 from .reasoning import FORMATS as REASONING_FORMATS
 from .render import RenderError, RenderOptions, SampleRenderer
 
@@ -58,27 +58,43 @@ SFT_DIR, DPO_DIR, MEDIA_DIR = "dataset", "preference", "media"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
 
 
+def _option(default, help: str, **meta):
+    """A BuildConfig field: its `data build` flag is generated from it (`cli/args.py`), and
+    it enters the build fingerprint unless `fingerprint=False` (it cannot change the output)."""
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
 @dataclass
 class BuildConfig:
-    input: str
-    model: str                                   # a checkpoint folder, or a family name (tiny zoo model)
-    out: str
-    format: str = "auto"
-    image_root: str | None = None                # default: each input file's folder
-    reasoning: str | None = None                 # default: the model's reasoning style
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-    max_tokens: int | None = None
-    truncate: bool = False
-    strict: bool = False
-    columns: dict[str, str] = field(default_factory=dict)
-    allow_remote: bool = False
-    workers: int | None = None                   # default: min(4, cpu count)
-    system: str | None = None
-    fps: float = DEFAULT_FPS
-    max_frames: int = DEFAULT_MAX_FRAMES
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    reuse: bool = True                           # reuse an unchanged previous build
+    """Settings of one build; each field is a `qvq-tune data build` flag."""
+    input: str = field(metadata={"help": ".jsonl/.json/.parquet/.arrow file, HF datasets folder, or a folder of them",
+                                 "metavar": "FILE_OR_DIR"})
+    model: str = field(metadata={"help": "checkpoint folder, 'tiny' (the embedded base), or a family name "
+                                         "(a tiny offline model of it is built)",
+                                 "metavar": "DIR_OR_FAMILY", "fingerprint": False})   # model_info covers it
+    out: str = field(metadata={"help": "output folder", "metavar": "DIR"})
+    format: str = _option("auto", "input format (auto: detected per record)", choices=INPUT_FORMATS)
+    image_root: str | None = _option(None, "folder relative media paths start from, and must stay inside "
+                                           "(default: the input file's folder)", metavar="DIR")
+    reasoning: str | None = _option(None, "how replies are written (default: the model's style)",
+                                    choices=REASONING_FORMATS)
+    min_pixels: int | None = _option(None, "processor min pixels per image / video frame", metavar="N")
+    max_pixels: int | None = _option(None, "processor max pixels per image / video frame", metavar="N")
+    max_tokens: int | None = _option(None, "quarantine samples longer than N tokens", metavar="N")
+    truncate: bool = _option(False, "cut samples over --max-tokens instead of quarantining")
+    strict: bool = _option(False, "stop at the first bad record")
+    columns: dict[str, str] = _option({}, "rename your fields, e.g. question=problem,answer=solution",
+                                      metavar="CANONICAL=YOURS,...", parse=parse_columns)
+    allow_remote: bool = _option(False, "download http(s) media")
+    workers: int | None = _option(None, "processes (default: min(4, CPUs))", metavar="N", fingerprint=False)
+    system: str | None = _option(None, "system prompt for records without one", metavar="TEXT")
+    fps: float = _option(DEFAULT_FPS, "video frames sampled per second")
+    max_frames: int = _option(DEFAULT_MAX_FRAMES, "frames per video at most")
+    max_image_pixels: int = _option(DEFAULT_MAX_IMAGE_PIXELS,
+                                    "larger images are quarantined (decompression-bomb guard)")
+    reuse: bool = _option(True, "rebuild even if nothing changed", flag="--no-cache", fingerprint=False)
 
     def __post_init__(self):
         if self.format not in INPUT_FORMATS:
@@ -333,13 +349,12 @@ def _cached_report(out: Path, fingerprint: str) -> dict | None:
 def build(config: BuildConfig, *, log=None, progress: bool = False) -> dict:
     """Build OUT from the input; returns the report (also written to OUT/report.json)."""
     from ..models.detect import detect
-    from ..models.resolve import resolve_model_dir
 
     log = log or (lambda msg: None)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")    # we fork after using the tokenizer
     started = time.perf_counter()
     out = Path(config.out).absolute()
-    model_dir = resolve_model_dir(config.model).absolute()
+    model_dir = Path(config.model).absolute()
     detected = detect(model_dir)
     files = input_files(config.input)
     workers = config.workers or min(4, os.cpu_count() or 1)
@@ -379,15 +394,14 @@ def build(config: BuildConfig, *, log=None, progress: bool = False) -> dict:
 
 
 def _settings(config: BuildConfig, detected, out: Path) -> dict:
-    return {
-        "input": str(Path(config.input).resolve()), "out": str(out), "format": config.format,
-        "columns": dict(sorted(config.columns.items())),
-        "image_root": str(Path(config.image_root).resolve()) if config.image_root else None,
-        "reasoning": config.reasoning or detected.reasoning_style, "system": config.system,
-        "min_pixels": config.min_pixels, "max_pixels": config.max_pixels, "max_tokens": config.max_tokens,
-        "truncate": config.truncate, "strict": config.strict, "allow_remote": config.allow_remote,
-        "fps": config.fps, "max_frames": config.max_frames, "max_image_pixels": config.max_image_pixels,
-    }
+    """Every BuildConfig field that can change the output (so a new field is in the
+    fingerprint by default), with paths resolved and defaults made explicit."""
+    settings = {f.name: getattr(config, f.name) for f in fields(config) if f.metadata.get("fingerprint", True)}
+    settings.update(
+        input=str(Path(config.input).resolve()), out=str(out), columns=dict(sorted(config.columns.items())),
+        image_root=str(Path(config.image_root).resolve()) if config.image_root else None,
+        reasoning=config.reasoning or detected.reasoning_style)
+    return settings
 
 
 def _process(config, spec, files, workers, stage, progress):

@@ -27,3 +27,18 @@ def load_samples(path: str | Path, kind: str = "dataset"):
             return load_from_disk(str(candidate))
     raise UserError(f"not a built dataset (no {kind}/ with dataset_info.json); "
                     "run `qvq-tune data build` to make one", path=str(path))
+
+
+def build_report(path: str | Path) -> dict | None:
+    """The `report.json` of the build a dataset folder came from: the build's output folder
+    itself, or its parent when given `OUT/dataset` / `OUT/preference`; None when absent."""
+    import json
+    path = Path(path)
+    for candidate in (path / "report.json", path.parent / "report.json"):
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                raise UserError("a build report that is not valid JSON; rebuild the dataset",
+                                path=str(candidate)) from None
+    return None

@@ -328,7 +328,7 @@ class MediaResolver:
     def _video_result(self, folder: Path, meta: dict, field: str) -> ResolvedMedia:
         """Count tokens the way the collator will (the video processor on the same frames),
         and ask the processor what text replaces this video's placeholder: a run of
-        `<|video_pad|>` for Qwen2/2.5-VL, per-frame `<t seconds>` markers for Qwen3-VL."""
+        video pad tokens for Qwen2/2.5-VL, per-frame `<t seconds>` markers for Qwen3-VL."""
         try:
             enc = self.processor.video_processor(videos=[load_video_frames(folder)], return_tensors="pt",
                                                  return_metadata=True)

@@ -3,7 +3,7 @@
 Readers (one per input format, in `readers/`) produce `Conversation` or `PreferencePair`
 objects; the renderer (`render.py`) turns them into model samples. Nothing here knows
 about tokenizers or image tokens. An assistant turn keeps its reasoning trace apart from
-its final answer, so the renderer can write either as QVQ free-form text, `<think>` tags
+its final answer, so the renderer can write either as QVQ free-form text, think tags
 or answer-only.
 """
 

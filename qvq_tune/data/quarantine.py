@@ -26,7 +26,7 @@ REASONS: dict[str, str] = {
     "placeholder_mismatch": "the number of <image>/<video> placeholders differs from the media given",
     "empty_assistant": "there is no assistant reply, or it is empty",
     "bad_role_order": "turns are not system? (user assistant)+ in order",
-    "special_token_in_text": "text contains a chat-control token such as <|im_end|>",
+    "special_token_in_text": "text contains one of the chat template's control tokens (turn, vision or padding markers)",
     "too_long": "the rendered sample is longer than --max-tokens",
     "duplicate": "an exact duplicate of an earlier record",
 }

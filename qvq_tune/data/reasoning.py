@@ -1,26 +1,37 @@
 """Reasoning formats: split an assistant reply into (trace, answer) and write it back.
 
-Three formats, selected by `--reasoning`:
+Three formats (the family registry's reasoning styles), selected by `--reasoning`:
 - `qvq`: QVQ-72B-Preview's free-form trace followed by its final-answer block,
   `...trace...\n\n**Final Answer**\n\n\\[ \\boxed{answer} \\]`;
-- `think`: Qwen3 style, `<think>\n...trace...\n</think>\n\nanswer`;
+- `think`: Qwen3 style, the trace between the family's think markers, then the answer;
 - `answer-only`: the answer alone (the trace is dropped).
+The think markers come from the family record (`ModelFamily.think_tokens`); input data
+is split on the markers Qwen's thinking models write (`models.registry.THINK_TOKENS`).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal
 
-ReasoningFormat = Literal["qvq", "think", "answer-only"]
-FORMATS: tuple[str, ...] = ("qvq", "think", "answer-only")
+from ..models.registry import REASONING_STYLES, THINK_TOKENS, ReasoningStyle
+
+ReasoningFormat = ReasoningStyle
+FORMATS: tuple[str, ...] = REASONING_STYLES
 
 FINAL_ANSWER_MARKER = "**Final Answer**"
-_THINK = re.compile(r"^\s*<think>(.*?)</think>\s*(.*)$", re.S)
 _FINAL = re.compile(r"\*\*Final Answer:?\*\*:?", re.I)
 
 
-def format_reply(reasoning: str | None, answer: str, fmt: ReasoningFormat) -> str:
+def _think_pattern(think: tuple[str, str]) -> re.Pattern:
+    open_, close = (re.escape(t) for t in think)
+    return re.compile(rf"^\s*{open_}(.*?){close}\s*(.*)$", re.S)
+
+
+_THINK = _think_pattern(THINK_TOKENS)
+
+
+def format_reply(reasoning: str | None, answer: str, fmt: ReasoningFormat,
+                 think: tuple[str, str] = THINK_TOKENS) -> str:
     answer = answer.strip()
     reasoning = (reasoning or "").strip()
     if fmt == "answer-only" or not reasoning and fmt == "qvq":
@@ -28,7 +39,7 @@ def format_reply(reasoning: str | None, answer: str, fmt: ReasoningFormat) -> st
     if fmt == "qvq":
         return f"{reasoning}\n\n{_qvq_final(answer)}"
     if fmt == "think":
-        return f"<think>\n{reasoning}\n</think>\n\n{answer}"
+        return f"{think[0]}\n{reasoning}\n{think[1]}\n\n{answer}"
     raise ValueError(f"unknown reasoning format {fmt!r}")
 
 
@@ -58,13 +69,13 @@ def extract_boxed(text: str) -> str | None:
     return None
 
 
-def split_reply(text: str) -> tuple[str | None, str]:
+def split_reply(text: str, think: tuple[str, str] = THINK_TOKENS) -> tuple[str | None, str]:
     """Split a reply into (reasoning, answer) whatever format it was written in.
 
-    `<think>` tags win; then QVQ's final-answer marker; otherwise the whole text is the
+    Think markers win; then QVQ's final-answer marker; otherwise the whole text is the
     answer and there is no separate trace.
     """
-    m = _THINK.match(text)
+    m = (_THINK if think == THINK_TOKENS else _think_pattern(think)).match(text)
     if m:
         return (m.group(1).strip() or None), m.group(2).strip()
     m = None

@@ -55,9 +55,7 @@ class SampleRenderer:
         tok = self.tokenizer
         self.image_token_id = tok.convert_tokens_to_ids(family.image_token)
         self.video_token_id = tok.convert_tokens_to_ids(family.video_token)
-        self._specials = [t for t in (family.image_token, family.video_token, family.vision_start,
-                                      family.vision_end, family.turn_end, "<|im_start|>",
-                                      "<|endoftext|>")]
+        self._specials = family.control_tokens
 
     # ---- messages in the processor's format -------------------------------------------
     def to_chat(self, turns: list[Turn]) -> list[dict]:
@@ -67,7 +65,7 @@ class SampleRenderer:
         for turn in turns:
             if turn.role == "assistant":
                 chat.append({"role": "assistant",
-                             "content": format_reply(turn.reasoning, turn.text, self.options.reasoning)})
+                             "content": self.format_reply(turn)})
             elif turn.role == "system":
                 chat.append({"role": "system", "content": turn.text})
             else:
@@ -80,6 +78,10 @@ class SampleRenderer:
                         content.append({"type": p.kind})
                 chat.append({"role": "user", "content": content})
         return chat
+
+    def format_reply(self, turn: Turn) -> str:
+        """An assistant turn's text in the chosen reasoning format, with the family's markers."""
+        return format_reply(turn.reasoning, turn.text, self.options.reasoning, self.family.think_tokens)
 
     def chat_text(self, turns: list[Turn], *, add_generation_prompt: bool = False) -> str:
         return self.processor.apply_chat_template(self.to_chat(turns), tokenize=False,
@@ -114,7 +116,7 @@ class SampleRenderer:
         out = {"prompt_input_ids": prompt["input_ids"], **self._media_columns(media)}
         for side, turn in (("chosen", pair.chosen), ("rejected", pair.rejected)):
             self.check_text([turn])
-            reply = format_reply(turn.reasoning, turn.text, self.options.reasoning) + self.family.turn_end
+            reply = self.format_reply(turn) + self.family.turn_end
             ids = self.tokenizer(reply, add_special_tokens=False)["input_ids"]
             out[f"{side}_input_ids"] = ids
         total = len(out["prompt_input_ids"]) + max(len(out["chosen_input_ids"]), len(out["rejected_input_ids"]))

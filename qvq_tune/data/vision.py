@@ -13,23 +13,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-
-def pixel_limits(image_processor) -> tuple[int, int]:
-    size = image_processor.size
-    lo = getattr(size, "shortest_edge", None) or size["shortest_edge"]
-    hi = getattr(size, "longest_edge", None) or size["longest_edge"]
-    return int(lo), int(hi)
-
-
-def set_pixel_limits(processor, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
-    """Override the processor's min/max pixels (images and video frames)."""
-    if min_pixels is None and max_pixels is None:
-        return
-    for sub in (processor.image_processor, getattr(processor, "video_processor", None)):
-        if sub is None:
-            continue
-        lo, hi = pixel_limits(sub)
-        sub.size = {"shortest_edge": min_pixels or lo, "longest_edge": max_pixels or hi}
+from ..models.loading import pixel_limits
 
 
 def image_grid(image_processor, height: int, width: int) -> tuple[tuple[int, int, int], int]:

@@ -1,7 +1,7 @@
 """Final-answer extraction and matching.
 
 A reply's final answer is, in order of preference: the `\\boxed{}` content after
-QVQ's final-answer marker, the text after `</think>`, a "Final answer:" line, or the
+QVQ's final-answer marker, the text after the closing think tag, a "Final answer:" line, or the
 whole reply. Matching normalises case, spacing, trailing punctuation and units the
 reference also carries, and compares numbers numerically.
 """

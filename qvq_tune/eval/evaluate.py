@@ -17,6 +17,8 @@ from PIL import Image
 from ..data.dataset import load_samples
 from ..data.reasoning import split_reply
 from ..data.render import IGNORE_INDEX
+from ..models.detect import detect
+from ..models.registry import ModelFamily, get_family
 from ..paths import write_json_atomic
 from .answers import answers_match, extract_answer
 from .generate import generate_replies
@@ -30,6 +32,14 @@ class EvalOptions:
     blank_images: bool = False
     load_in_4bit: bool = False
     dtype: str = "float32"
+
+
+@dataclass
+class EvalModel:
+    """A model ready to generate: weights (+ adapter), its processor and its family."""
+    model: object
+    processor: object
+    family: ModelFamily
 
 
 def prompt_and_reference(sample: dict, tokenizer, turn_end: str) -> tuple[dict, str]:
@@ -52,39 +62,55 @@ def _blank(path: str) -> Image.Image:
     return Image.new("RGB", size, (255, 255, 255))
 
 
-def load_for_eval(model_dir: str, adapter: str | None, opts: EvalOptions):
+def load_for_eval(model_dir: str | Path, adapter: str | Path | None, opts: EvalOptions) -> EvalModel:
     from ..models.loading import load_model, load_processor
+    family = get_family(detect(model_dir).family)
     processor = load_processor(model_dir)
     model = load_model(model_dir, dtype=opts.dtype, load_in_4bit=opts.load_in_4bit)
     if adapter:
         from peft import PeftModel
-        model = PeftModel.from_pretrained(model, adapter)
+        model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
-    return model, processor
+    return EvalModel(model, processor, family)
 
 
-def evaluate(model, processor, dataset_dir: str, opts: EvalOptions, *, family_turn_end: str = "<|im_end|>",
-             out_jsonl: str | Path | None = None, desc: str = "eval") -> dict:
+def score(em: EvalModel, dataset_dir: str | Path, opts: EvalOptions, *, desc: str = "eval") -> list[dict]:
+    """One row per sample: id, reference, reply, extracted answer, correct."""
+    processor = em.processor
     ds = load_samples(dataset_dir)
     n = len(ds) if opts.limit is None else min(opts.limit, len(ds))
-    prompts, refs = [], []
+    prompts, refs, ids = [], [], []
     for i in range(n):
-        prompt, ref = prompt_and_reference(ds[i], processor.tokenizer, family_turn_end)
+        sample = ds[i]
+        prompt, ref = prompt_and_reference(sample, processor.tokenizer, em.family.turn_end)
         if opts.blank_images:
             prompt["images"] = [_blank(p) for p in prompt["images"]]
         prompts.append(prompt)
         refs.append(ref)
-    replies = generate_replies(model, processor, prompts, max_new_tokens=opts.max_new_tokens,
+        ids.append(sample.get("id"))
+    replies = generate_replies(em.model, processor, prompts, max_new_tokens=opts.max_new_tokens,
                                batch_size=opts.batch_size, desc=desc)
     rows = []
-    for i, (reply, ref) in enumerate(zip(replies, refs)):
+    for i, (sample_id, reply, ref) in enumerate(zip(ids, replies, refs)):
         pred = extract_answer(reply)
-        rows.append({"index": i, "reference": ref, "predicted": pred,
+        rows.append({"index": i, "id": sample_id, "reference": ref, "predicted": pred,
                      "correct": answers_match(pred, ref), "reply": reply})
+    return rows
+
+
+def summarize(rows: list[dict], opts: EvalOptions) -> dict:
+    n = len(rows)
     correct = sum(r["correct"] for r in rows)
-    report = {"n": n, "correct": correct, "accuracy": correct / n if n else 0.0,
-              "blank_images": opts.blank_images,
-              "mean_reply_chars": sum(len(r["reply"]) for r in rows) / n if n else 0.0}
+    return {"n": n, "correct": correct, "accuracy": correct / n if n else 0.0,
+            "blank_images": opts.blank_images,
+            "mean_reply_chars": sum(len(r["reply"]) for r in rows) / n if n else 0.0}
+
+
+def evaluate(em: EvalModel, dataset_dir: str | Path, opts: EvalOptions, *,
+             out_jsonl: str | Path | None = None, desc: str = "eval") -> dict:
+    """Score a built dataset; write the rows (and a `.summary.json`) when `out_jsonl` is given."""
+    rows = score(em, dataset_dir, opts, desc=desc)
+    report = summarize(rows, opts)
     if out_jsonl:
         out_jsonl = Path(out_jsonl)
         out_jsonl.parent.mkdir(parents=True, exist_ok=True)

@@ -6,14 +6,14 @@ import torch
 from tqdm import tqdm
 
 from ..models.loading import reset_rope_cache
-from ..train.collators import VisionSFTCollator
+from ..data.collate import VisionCollator
 
 
 @torch.no_grad()
 def generate_replies(model, processor, prompts: list[dict], *, max_new_tokens: int = 96,
                      batch_size: int = 32, progress: bool = True, desc: str = "generate") -> list[str]:
     """Greedy replies for prompt samples (`SampleRenderer.render_prompt` output)."""
-    collate = VisionSFTCollator(processor, padding_side="left")
+    collate = VisionCollator(processor, padding_side="left")
     tok = processor.tokenizer
     eos = model.generation_config.eos_token_id
     was_training = model.training

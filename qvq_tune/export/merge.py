@@ -102,24 +102,3 @@ def merge_adapter(base_dir: str, adapter_dir: str, out_dir: str | Path, *, dtype
         if identity.is_file():
             shutil.copy(identity, tmp / "base_qvq_tune.json")
     return out_dir
-
-
-def export_run(base_dir: str, adapter_dir: str, out_dir: str | Path, verify_batch: dict,
-               *, dtype: str = "bfloat16") -> dict:
-    """Merge, copy the adapter, verify on `verify_batch` (a collated batch with labels)."""
-    verify_batch = dict(verify_batch)
-    replies = reply_positions(verify_batch.pop("labels"))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    merged_dir = merge_adapter(base_dir, adapter_dir, out_dir / "merged", dtype=dtype)
-    adapter_copy = out_dir / "adapter"
-    if adapter_copy.exists():
-        shutil.rmtree(adapter_copy)
-    shutil.copytree(adapter_dir, adapter_copy)
-    check = verify_merge(base_dir, adapter_dir, str(merged_dir), verify_batch, replies)
-    report = {"merged": str(merged_dir), "adapter": str(adapter_copy), "dtype": dtype,
-              "verification": asdict(check)}
-    write_json_atomic(out_dir / "export_report.json", report)
-    if not check.passed:
-        raise RuntimeError(f"merged model disagrees with base + adapter: {asdict(check)}")
-    return report

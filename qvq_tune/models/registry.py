@@ -1,21 +1,46 @@
 """The family registry: one `ModelFamily` record per Qwen VL architecture.
 
-Everything model-specific that the rest of the toolkit needs is read from here: the
-transformers classes, which modules LoRA targets, which prefixes make up the vision
-tower and the vision-language merger (frozen in QLoRA recipes), the chat-template
-specifics and how the family writes its reasoning. Known public checkpoints are listed
-as `Checkpoint` records carrying their licence and default system prompt.
+Everything family-specific lives here and nowhere else: the transformers classes, which
+modules LoRA targets, which prefixes make up the vision tower and the merger (frozen in
+QLoRA recipes, kept out of 4-bit), the chat template and its control tokens (turn,
+vision and think markers), the added tokens in Qwen's id order, how the family writes
+its reasoning, and what a tiny zoo checkpoint of it looks like. Code elsewhere reads
+these fields and never branches on a family's name. Known public checkpoints are
+`Checkpoint` records carrying their licence and default system prompt.
+
+Adding a family: one `ModelFamily` record below, its chat template in `chat_templates/`
+(pinned in SOURCES.md), and its name in the tests' `FAMILIES` list.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from typing import Callable, Literal, get_args
 
 from ..errors import UserError
+from .tiny_shapes import TinySpec, qwen2_5_vl_vision_config, qwen2_vl_vision_config, qwen3_vl_vision_config
 
 ReasoningStyle = Literal["qvq", "think", "answer-only"]
+REASONING_STYLES: tuple[str, ...] = get_args(ReasoningStyle)
 LicenseId = Literal["apache-2.0", "qwen", "qwen-research"]
+
+# The reasoning markers of Qwen's thinking models. Qwen3-VL has them as added tokens;
+# for Qwen2-VL / Qwen2.5-VL (and QVQ, whose traces are free-form) they are plain text.
+THINK_TOKENS: tuple[str, str] = ("<think>", "</think>")
+
+# Added tokens in the order Qwen's vocabularies number them from <|endoftext|> (151643):
+# (content, special). Tool / FIM / think tokens are ordinary added tokens in Qwen2.5 / Qwen3.
+FIRST_ADDED_TOKEN_ID = 151643
+QWEN2_VL_ADDED = tuple((t, True) for t in (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"))
+QWEN2_5_VL_ADDED = QWEN2_VL_ADDED + (
+    ("<tool_call>", False), ("</tool_call>", False), ("<|fim_prefix|>", False), ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False), ("<|fim_pad|>", False), ("<|repo_name|>", False), ("<|file_sep|>", False))
+QWEN3_VL_ADDED = QWEN2_5_VL_ADDED + (
+    ("<tool_response>", False), ("</tool_response>", False), (THINK_TOKENS[0], False), (THINK_TOKENS[1], False))
 
 QVQ_SYSTEM_PROMPT = ("You are a helpful and harmless assistant. You are Qwen developed by Alibaba. "
                      "You should think step-by-step.")
@@ -44,21 +69,51 @@ class ModelFamily:
     default_system_prompt: str | None       # what the template inserts when none is given
     reasoning_style: ReasoningStyle         # how the family's reasoning models write traces
     patch_size: int
+    added_tokens: tuple[tuple[str, bool], ...]  # (content, special) in Qwen's id order
+    tiny_vision_config: Callable[[TinySpec, "ModelFamily"], dict]  # the tiny zoo's vision config
     merge_size: int = 2
     temporal_patch_size: int = 2
+    mrope_interleaved: bool = False         # Qwen3-VL interleaves the t/h/w rotary sections
     image_token: str = "<|image_pad|>"
     video_token: str = "<|video_pad|>"
     vision_start: str = "<|vision_start|>"
     vision_end: str = "<|vision_end|>"
-    turn_end: str = "<|im_end|>"
-    assistant_header: str = "<|im_start|>assistant\n"
-    think_tokens: tuple[str, str] | None = None
+    turn_start: str = "<|im_start|>"
+    turn_end: str = "<|im_end|>"            # also the end-of-sequence token of chat replies
+    text_end: str = "<|endoftext|>"         # the padding token
+    think_tokens: tuple[str, str] = THINK_TOKENS
     is_moe: bool = False
 
     @property
     def pixel_factor(self) -> int:
         """Image sides are rounded to multiples of this (patch x merge)."""
         return self.patch_size * self.merge_size
+
+    @property
+    def assistant_header(self) -> str:
+        """What the chat template writes before each assistant reply."""
+        return f"{self.turn_start}assistant\n"
+
+    @property
+    def control_tokens(self) -> tuple[str, ...]:
+        """Chat-control tokens that user text must never contain (the template's own)."""
+        return (self.image_token, self.video_token, self.vision_start, self.vision_end,
+                self.turn_start, self.turn_end, self.text_end)
+
+    @property
+    def quant_skip_modules(self) -> tuple[str, ...]:
+        """Modules kept out of 4-bit: the output head, the vision tower and the merger.
+        Full module paths, which transformers matches from the start of a module's name."""
+        return ("lm_head", *self.vision_prefixes, *self.merger_prefixes)
+
+    def chat_template_text(self) -> str:
+        return chat_template_text(self.chat_template)
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields (the tiny-config builder by its name)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["tiny_vision_config"] = self.tiny_vision_config.__name__
+        return out
 
     def lora_target_regex(self, include_vision: bool = False) -> str:
         """A PEFT `target_modules` regex matching the projections of the language model
@@ -96,6 +151,7 @@ FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
         vision_lora_pattern=r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))|merger\.mlp\.[02]",
         chat_template="qwen2_vl.jinja", default_system_prompt=QWEN_SYSTEM_PROMPT,
         reasoning_style="qvq", patch_size=14,
+        added_tokens=QWEN2_VL_ADDED, tiny_vision_config=qwen2_vl_vision_config,
     ),
     ModelFamily(
         name="qwen2_5_vl", model_types=("qwen2_5_vl",),
@@ -107,6 +163,7 @@ FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
         vision_lora_pattern=r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate_proj|up_proj|down_proj))|merger\.mlp\.[02]",
         chat_template="qwen2_5_vl.jinja", default_system_prompt=QWEN_SYSTEM_PROMPT,
         reasoning_style="qvq", patch_size=14,
+        added_tokens=QWEN2_5_VL_ADDED, tiny_vision_config=qwen2_5_vl_vision_config,
     ),
     ModelFamily(
         name="qwen3_vl", model_types=("qwen3_vl",),
@@ -118,7 +175,8 @@ FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
         vision_lora_pattern=(r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.linear_fc[12])"
                              r"|(merger|deepstack_merger_list\.\d+)\.linear_fc[12]"),
         chat_template="qwen3_vl_thinking.jinja", default_system_prompt=None,
-        reasoning_style="think", patch_size=16, think_tokens=("<think>", "</think>"),
+        reasoning_style="think", patch_size=16, mrope_interleaved=True,
+        added_tokens=QWEN3_VL_ADDED, tiny_vision_config=qwen3_vl_vision_config,
     ),
     ModelFamily(
         name="qwen3_vl_moe", model_types=("qwen3_vl_moe",),
@@ -130,7 +188,8 @@ FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
         vision_lora_pattern=(r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.linear_fc[12])"
                              r"|(merger|deepstack_merger_list\.\d+)\.linear_fc[12]"),
         chat_template="qwen3_vl_thinking.jinja", default_system_prompt=None,
-        reasoning_style="think", patch_size=16, think_tokens=("<think>", "</think>"), is_moe=True,
+        reasoning_style="think", patch_size=16, mrope_interleaved=True, is_moe=True,
+        added_tokens=QWEN3_VL_ADDED, tiny_vision_config=qwen3_vl_vision_config,
     ),
 )}
 
@@ -175,3 +234,8 @@ def family_for_model_type(model_type: str) -> ModelFamily | None:
         if model_type in fam.model_types:
             return fam
     return None
+
+
+def chat_template_text(name: str) -> str:
+    """A shipped chat template (`models/chat_templates/NAME`), pinned by hash in SOURCES.md."""
+    return resources.files(__package__).joinpath("chat_templates", name).read_text(encoding="utf-8")

@@ -2,14 +2,19 @@
 
 The base learns to name what it sees (colour, shape, count, and all three at once) and
 nothing more; the diagram tasks in `tasks.py` then need domain knowledge it lacks.
+`write_captions` writes such questions as native JSONL + PNG files, so the base is
+built, trained and evaluated through the same data builder, trainer and evaluator as
+users' runs.
 """
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 from ..data.messages import Conversation, Media, Origin, Part, Turn
-from .scenes import Scene, random_scene
+from .scenes import Scene, draw, random_scene
 from .vocabulary import plural
 
 QUESTIONS = {
@@ -39,3 +44,22 @@ def caption_example(rng: random.Random, kind: str | None = None) -> tuple[Scene,
                Turn("assistant", [Part.of_text(answer_for(kind, scene))])],
         origin=Origin("<synthetic captions>"), meta={"kind": kind})
     return scene, kind, conv
+
+
+def write_captions(out: str | Path, n: int, seed: str, *, kinds: tuple[str, ...] | None = None,
+                   image_size: int = 112) -> Path:
+    """Write `n` caption questions (kind drawn at random, or `n` of each of `kinds`) as
+    `OUT/captions.jsonl` with images in `OUT/images/`; ids are `KIND-NUMBER`."""
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    plan = [k for k in kinds for _ in range(n)] if kinds else [None] * n
+    path = out / "captions.jsonl"
+    with open(path, "w", encoding="utf-8") as fh:
+        for i, wanted in enumerate(plan):
+            scene, kind, conv = caption_example(rng, wanted)
+            rel = f"images/{i:06d}.png"
+            draw(scene, image_size).save(out / rel, optimize=False)
+            fh.write(json.dumps({"id": f"{kind}-{i:06d}", "images": [rel], "question": QUESTIONS[kind],
+                                 "answer": conv.turns[1].text}) + "\n")
+    return path

@@ -17,11 +17,12 @@ def plural(shape: str, n: int) -> str:
 def tokenizer_corpus() -> list[str]:
     """Text the tiny tokenizer learns its merges from: task phrasing, chat-template
     scaffolding and the Qwen system prompts. Deterministic."""
-    from ..models.registry import QVQ_SYSTEM_PROMPT, QWEN_SYSTEM_PROMPT
+    from ..models.registry import QVQ_SYSTEM_PROMPT, QWEN_SYSTEM_PROMPT, THINK_TOKENS
     from .tasks import all_task_phrasebooks
 
+    think_open, think_close = THINK_TOKENS
     lines = [QVQ_SYSTEM_PROMPT, QWEN_SYSTEM_PROMPT, "Answer in the language of the question.", "system", "user", "assistant",
-             "**Final Answer**\n\n\\[ \\boxed{15} \\]", "<think>\nreasoning\n</think>\n\n",
+             "**Final Answer**\n\n\\[ \\boxed{15} \\]", f"{think_open}\nreasoning\n{think_close}\n\n",
              "Picture 1: Video 1: The answer is", "I see", "Each", "costs", "Final answer:"]
     for colour in COLOURS:
         for shape in SHAPES:

@@ -2,7 +2,8 @@
 
 `load_recipe(path)` reads YAML into `Recipe` and validates it before any model loads or
 any process launches: unknown keys, wrong types and impossible combinations are user
-errors naming the file and the key.
+errors naming the file and the key. A bare name (`demo_qlora_zero3`) that is not a file
+is looked up among the recipes shipped in the package.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Literal
 
 import yaml
 
+from .. import presets
 from ..errors import UserError
 
+Objective = Literal["sft"]
 Method = Literal["qlora", "lora", "full"]
 DType = Literal["float32", "bfloat16", "float16"]
 
@@ -54,6 +57,7 @@ class OptimConfig:
     lr: float = 2e-3
     warmup_steps: int = 30
     scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    min_lr_ratio: float = 0.0             # cosine only: decay to this fraction of lr, not to 0
     weight_decay: float = 0.0
     adam_beta2: float = 0.999
     max_grad_norm: float = 1.0
@@ -68,6 +72,10 @@ class OptimConfig:
                 raise ValueError(f"optim.{key} must be positive")
         if self.lr <= 0:
             raise ValueError("optim.lr must be positive")
+        if not 0 <= self.min_lr_ratio < 1:
+            raise ValueError("optim.min_lr_ratio must be in [0, 1)")
+        if self.min_lr_ratio and self.scheduler != "cosine":
+            raise ValueError("optim.min_lr_ratio needs optim.scheduler: cosine")
 
 
 @dataclass
@@ -79,6 +87,7 @@ class LaunchConfig:
 @dataclass
 class Recipe:
     name: str = "run"
+    objective: Objective = "sft"
     model: str = "tiny"                   # a checkpoint folder, or "tiny" (the embedded base)
     method: Method = "qlora"
     dtype: DType = "float32"
@@ -153,10 +162,20 @@ def from_dict(cls, data: dict, prefix: str = ""):
         raise ValueError(str(exc)) from None
 
 
+def recipe_path(name_or_path: str | Path) -> Path:
+    """A recipe file, or the packaged recipe of that name."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = presets.find(presets.RECIPES, str(name_or_path))
+    if packaged is not None:
+        return packaged
+    raise UserError(f"recipe file not found (nor a packaged recipe: {', '.join(presets.names(presets.RECIPES))})",
+                    path=str(path))
+
+
 def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError("recipe file not found", path=str(path))
+    path = recipe_path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -177,8 +196,3 @@ def recipe_from_dict(data: dict, where: str = "<recipe>") -> Recipe:
         return from_dict(Recipe, data)
     except ValueError as exc:
         raise UserError(str(exc), path=where) from None
-
-
-def save_recipe(recipe: Recipe, path: str | Path) -> None:
-    from ..paths import write_text_atomic
-    write_text_atomic(path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))

@@ -1,6 +1,7 @@
 """Start a training worker under `accelerate launch` with a packaged launcher preset.
 
-`--accelerate-config zero3` resolves to `accelerate_configs/zero3.yaml` (or give a path).
+`--accelerate-config zero3` resolves to the packaged `presets/accelerate/zero3.yaml`
+(the repository's `accelerate_configs/` holds the same files), or give a path.
 The preset is resolved into the run folder (`accelerate_config.yaml`) with the process
 count filled in; on a machine without a GPU it gets `use_cpu: true`, so the same presets run DDP and DeepSpeed ZeRO-2/3 across CPU processes
 (gloo), which is how CI tests them for real. (`accelerate launch --cpu` would instead
@@ -16,21 +17,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .. import presets as packaged
 from ..errors import UserError
-
-PRESET_DIR = Path(__file__).resolve().parents[2] / "accelerate_configs"
+from ..run_folder import ACCELERATE_CONFIG, TRAIN_LOG
 
 
 def presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    return packaged.names(packaged.ACCELERATE)
 
 
 def resolve_accelerate_config(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
         return path
-    preset = PRESET_DIR / f"{name_or_path}.yaml"
-    if preset.is_file():
+    preset = packaged.find(packaged.ACCELERATE, name_or_path)
+    if preset is not None:
         return preset
     raise UserError(f"unknown accelerate config {name_or_path!r}: not a file and not one of the "
                     f"presets {', '.join(presets())}", key="launch.accelerate_config")
@@ -71,10 +72,10 @@ def accelerate_command(worker_module: str, worker_args: list[str], config_file: 
 
 def launch(worker_module: str, worker_args: list[str], *, config: str, num_processes: int,
            run_dir: str | Path) -> None:
-    """Run the worker under accelerate; stream its output and tee it to `run_dir/train.log`."""
+    """Run the worker under accelerate; stream its output and tee it to the run's `train.log`."""
     run_dir = Path(run_dir)
-    config_file = write_resolved_config(config, num_processes, run_dir / "accelerate_config.yaml")
-    log_path = run_dir / "train.log"
+    config_file = write_resolved_config(config, num_processes, run_dir / ACCELERATE_CONFIG)
+    log_path = run_dir / TRAIN_LOG
     cmd = accelerate_command(worker_module, worker_args, config_file)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))

@@ -22,7 +22,8 @@ def build_model(recipe: Recipe, family: ModelFamily, model_dir: str):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     quantized = recipe.method == "qlora"
-    model = load_model(model_dir, dtype=recipe.dtype, load_in_4bit=quantized, quant_type=recipe.quant.type)
+    model = load_model(model_dir, dtype=recipe.dtype, load_in_4bit=quantized, quant_type=recipe.quant.type,
+                       double_quant=recipe.quant.double_quant)
     model.config.use_cache = False
     if recipe.method == "full":
         if not recipe.lora.include_vision:

@@ -7,6 +7,6 @@ for `auto`, by the record's keys. Readers raise `RecordError` for bad records; t
 nothing about models or tokenizers.
 """
 
-from .base import ReaderOptions, parse, FORMATS
+from .base import FORMATS, ReaderOptions, parse, parse_columns
 
-__all__ = ["ReaderOptions", "parse", "FORMATS"]
+__all__ = ["FORMATS", "ReaderOptions", "parse", "parse_columns"]

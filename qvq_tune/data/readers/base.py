@@ -65,6 +65,18 @@ def apply_columns(record: dict, columns: dict[str, str]) -> dict:
     return out
 
 
+def parse_columns(text: str) -> dict[str, str]:
+    """`question=problem,answer=solution` -> {"question": "problem", "answer": "solution"}."""
+    from ...errors import UserError
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        canonical, sep, theirs = item.partition("=")
+        if not sep or not canonical.strip() or not theirs.strip():
+            raise UserError(f"--columns item {item!r} is not CANONICAL=YOURS", key="columns")
+        out[canonical.strip()] = theirs.strip()
+    return out
+
+
 def detect_format(record: dict) -> str | None:
     for name, (detect, _) in _READERS.items():
         if detect(record):

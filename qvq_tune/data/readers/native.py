@@ -3,7 +3,7 @@
 SFT:  {"images": [...] | "video": ..., "question", "reasoning"?, "answer", "system"?}
 DPO:  {"images", "question", "chosen": {"reasoning"?, "answer"}, "rejected": {...}}
       (chosen / rejected may also be plain strings; reasoning is then split from them)
-The reasoning may also be inline in `answer` (`<think>...</think>` or QVQ's trace
+The reasoning may also be inline in `answer` (between think tags, or QVQ's trace
 followed by "**Final Answer**").
 """
 

@@ -1,7 +1,7 @@
 """ShareGPT / LLaMA-Factory / ms-swift message lists with string content.
 
 SFT  {"conversations" | "messages": [{"from": "human", "value": "<image>Describe."},
-                                     {"from": "gpt", "value": "<think>..</think> A cat"}],
+                                     {"from": "gpt", "value": "(think tags around a trace) A cat"}],
       "images": [...], "videos": [...], "system"?}
 DPO  LLaMA-Factory: {"conversations": [...prompt, ending with user...],
                      "chosen": {"from": "gpt", "value": ...}, "rejected": {...}}
@@ -10,7 +10,7 @@ DPO  LLaMA-Factory: {"conversations": [...prompt, ending with user...],
 Messages use `from`/`value` or `role`/`content`. The n-th `<image>` (`<video>`) placeholder
 in the user and system turns binds to the n-th entry of `images` (`videos`); the counts must
 match. A line break next to a placeholder is layout and is dropped. An assistant's
-reasoning is inline (`<think>`, QVQ's "**Final Answer**") or in `reasoning_content` /
+reasoning is inline (think tags, QVQ's "**Final Answer**") or in `reasoning_content` /
 `reasoning` / `thinking` on the message.
 
 Detection: a `conversations` key without a singular `image`/`video` key (that is LLaVA),

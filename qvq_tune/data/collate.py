@@ -1,7 +1,8 @@
 """Samples -> batches: padding, pixels from the image cache, and the Qwen VL extras.
 
-A sample (from `data/render.py`) holds token ids, labels and media references; the
-collator pads them, turns images into `pixel_values` through the model's image
+One collator serves training (right padding), generation (left padding) and the export
+check, so all three see identical model inputs. A sample (from `data/render.py`) holds
+token ids, labels and media references; the collator pads them, turns images into `pixel_values` through the model's image
 processor (cached per path), checks each image's grid against the one recorded at
 build time, and adds `mm_token_type_ids`, which Qwen VL's forward needs with images.
 """
@@ -10,11 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from ..data.render import IGNORE_INDEX
-from ..data.vision import PixelCache
+from .media import load_video_frames
+from .render import IGNORE_INDEX
+from .vision import PixelCache
 
 
-class VisionSFTCollator:
+class VisionCollator:
     def __init__(self, processor, *, padding_side: str = "right", pad_to_multiple_of: int | None = None,
                  cache_bytes: int = 1 << 30):
         self.processor = processor
@@ -55,7 +57,6 @@ class VisionSFTCollator:
             batch["pixel_values"], batch["image_grid_thw"] = pixel_values, grid
         videos = [v for s in samples for v in (s.get("videos") or [])]
         if videos:
-            from ..data.media import load_video_frames
             enc = self.processor.video_processor(videos=[load_video_frames(v) for v in videos],
                                                  return_tensors="pt")
             batch["pixel_values_videos"], batch["video_grid_thw"] = enc["pixel_values_videos"], enc["video_grid_thw"]

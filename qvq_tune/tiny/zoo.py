@@ -3,92 +3,50 @@
 `build_tiny(family, out)` writes a standard Hugging Face folder (config, safetensors
 weights, tokenizer with the real Qwen added tokens and the family's chat template,
 image and video processor configs, generation config) that `AutoProcessor` and
-`AutoModelForImageTextToText` load. Weights are random (seeded); `models/base.py`
-pre-trains the qwen2_vl one into the embedded default that can see.
+`AutoModelForImageTextToText` load. Weights are random (seeded); `tiny/pretrain.py`
+pre-trains the qwen2_vl one into the embedded default that can see. Every family-specific
+value (classes, added tokens, vision layout, markers) comes from the family record.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from importlib import resources
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
+from ..models.detect import IDENTITY_FILE
+from ..models.registry import QVQ_SYSTEM_PROMPT, ModelFamily, chat_template_text, get_family
+from ..models.tiny_shapes import TinySpec
 from ..paths import atomic_dir, write_json_atomic
-from .detect import IDENTITY_FILE
-from .registry import QVQ_SYSTEM_PROMPT, ModelFamily, get_family
 
-
-@dataclass(frozen=True)
-class TinySpec:
-    """Sizes of a tiny model (defaults: the ~0.9M-parameter qwen2_vl that learns to see)."""
-    bpe_vocab: int = 600
-    hidden: int = 128
-    layers: int = 2
-    heads: int = 4
-    kv_heads: int = 4
-    head_dim: int = 32
-    intermediate: int = 512
-    mrope_section: tuple[int, int, int] = (4, 6, 6)   # sums to head_dim / 2
-    rope_theta: float = 1e4
-    vision_embed: int = 64
-    vision_depth: int = 2
-    vision_heads: int = 4
-    vision_mlp_ratio: int = 4
-    image_side: int = 112                            # min = max pixels = side^2
-    initializer_range: float = 0.08                  # 0.02 leaves tiny models blind (NOTES.md)
-    moe_experts: int = 4
-    moe_top_k: int = 2
-    moe_intermediate: int = 128
-    chat_template: str | None = None                 # default: the family's
-    system_prompt: str | None = None                 # identity only; the template decides
-
-
-def chat_template_text(name: str) -> str:
-    return resources.files("qvq_tune.models").joinpath("chat_templates", name).read_text(encoding="utf-8")
+QVQ_TEMPLATE = "qvq.jinja"
 
 
 def _text_config(fam: ModelFamily, s: TinySpec, vocab: int, ids: dict) -> dict:
+    rope = {"rope_type": "default", "rope_theta": s.rope_theta, "mrope_section": list(s.mrope_section)}
+    if fam.mrope_interleaved:
+        rope["mrope_interleaved"] = True
     cfg = dict(vocab_size=vocab, hidden_size=s.hidden, num_hidden_layers=s.layers,
                num_attention_heads=s.heads, num_key_value_heads=s.kv_heads, head_dim=s.head_dim,
                intermediate_size=s.intermediate, initializer_range=s.initializer_range,
-               max_position_embeddings=4096, tie_word_embeddings=False,
-               rope_parameters={"rope_type": "default", "rope_theta": s.rope_theta,
-                                "mrope_section": list(s.mrope_section)}, **ids)
-    if fam.name.startswith("qwen3"):
-        cfg["rope_parameters"]["mrope_interleaved"] = True
+               max_position_embeddings=4096, tie_word_embeddings=False, rope_parameters=rope, **ids)
     if fam.is_moe:
         cfg.update(num_experts=s.moe_experts, num_experts_per_tok=s.moe_top_k,
                    moe_intermediate_size=s.moe_intermediate, decoder_sparse_step=1)
     return cfg
 
 
-def _vision_config(fam: ModelFamily, s: TinySpec) -> dict:
-    common = dict(depth=s.vision_depth, num_heads=s.vision_heads, patch_size=fam.patch_size,
-                  spatial_merge_size=fam.merge_size, temporal_patch_size=fam.temporal_patch_size,
-                  initializer_range=s.initializer_range)
-    if fam.name == "qwen2_vl":
-        return dict(common, embed_dim=s.vision_embed, hidden_size=s.hidden, mlp_ratio=s.vision_mlp_ratio)
-    inter = s.vision_embed * s.vision_mlp_ratio
-    if fam.name == "qwen2_5_vl":
-        return dict(common, hidden_size=s.vision_embed, intermediate_size=inter, out_hidden_size=s.hidden,
-                    fullatt_block_indexes=[s.vision_depth - 1], window_size=fam.pixel_factor * 2)
-    side = s.image_side // fam.patch_size
-    return dict(common, hidden_size=s.vision_embed, intermediate_size=inter, out_hidden_size=s.hidden,
-                num_position_embeddings=max(side, 16) ** 2, deepstack_visual_indexes=[0])
-
-
 def tiny_config(fam: ModelFamily, s: TinySpec, tokenizer):
     import transformers
-    ids = dict(bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-               pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+    ids = dict(bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids(fam.turn_end),
+               pad_token_id=tokenizer.convert_tokens_to_ids(fam.text_end))
     config_cls = getattr(transformers, fam.model_class.replace("ForConditionalGeneration", "Config"))
     tok_ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in (
         ("image_token_id", fam.image_token), ("video_token_id", fam.video_token),
         ("vision_start_token_id", fam.vision_start), ("vision_end_token_id", fam.vision_end))}
     cfg = config_cls(text_config=_text_config(fam, s, len(tokenizer), ids),
-                     vision_config=_vision_config(fam, s), tie_word_embeddings=False,
+                     vision_config=fam.tiny_vision_config(s, fam), tie_word_embeddings=False,
                      **tok_ids, **ids)
     cfg.initializer_range = s.initializer_range
     return cfg
@@ -112,16 +70,17 @@ def build_tiny(family: str, out: str | Path, *, spec: TinySpec | None = None, se
                name: str | None = None, checkpoint: str | None = None) -> Path:
     """Write a tiny random-weight checkpoint of `family` to `out` (atomically)."""
     import transformers
+
     from ..synth.vocabulary import tokenizer_corpus
     from .tokenizer import build_tokenizer
 
     fam = get_family(family)
     spec = spec or TinySpec()
-    if fam.patch_size == 16 and spec.image_side % 32:
-        spec = replace(spec, image_side=128)
+    if spec.image_side % fam.pixel_factor:
+        spec = replace(spec, image_side=(spec.image_side // fam.pixel_factor + 1) * fam.pixel_factor)
     template_name = spec.chat_template or fam.chat_template
     template = chat_template_text(template_name)
-    tokenizer = build_tokenizer(fam.name, tokenizer_corpus(), spec.bpe_vocab, chat_template=template)
+    tokenizer = build_tokenizer(fam, tokenizer_corpus(), spec.bpe_vocab, chat_template=template)
     processor = tiny_processor(fam, spec, tokenizer, template)
     config = tiny_config(fam, spec, tokenizer)
     torch.manual_seed(seed)
@@ -129,6 +88,7 @@ def build_tiny(family: str, out: str | Path, *, spec: TinySpec | None = None, se
     model.generation_config = transformers.GenerationConfig(
         eos_token_id=[config.text_config.eos_token_id, config.text_config.pad_token_id],
         pad_token_id=config.text_config.pad_token_id, do_sample=False, max_new_tokens=128)
+    qvq = template_name == QVQ_TEMPLATE
     out = Path(out)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
@@ -136,9 +96,9 @@ def build_tiny(family: str, out: str | Path, *, spec: TinySpec | None = None, se
         write_json_atomic(tmp / IDENTITY_FILE, {
             "checkpoint": checkpoint or name or f"qvq-tune/tiny-{fam.name}", "tiny": True,
             "family": fam.name, "license": "apache-2.0",
-            "reasoning_style": "qvq" if template_name == "qvq.jinja" else fam.reasoning_style,
+            "reasoning_style": "qvq" if qvq else fam.reasoning_style,
             "system_prompt": spec.system_prompt if spec.system_prompt is not None else (
-                QVQ_SYSTEM_PROMPT if template_name == "qvq.jinja" else fam.default_system_prompt),
+                QVQ_SYSTEM_PROMPT if qvq else fam.default_system_prompt),
             "chat_template": template_name, "seed": seed, "spec": asdict(spec),
             "num_parameters": sum(p.numel() for p in model.parameters()),
         })

@@ -14,24 +14,11 @@ import json
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Regex
 
+from ..models.registry import ModelFamily
+
 # Qwen2's pre-tokenisation pattern (also the one Qwen2Tokenizer installs).
 QWEN_PRETOKENIZE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                     r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-
-# Added tokens in the order Qwen's vocabularies number them from <|endoftext|> (151643).
-# (content, special): tool/FIM/think tokens are ordinary added tokens in Qwen2.5/Qwen3.
-QWEN2_VL_ADDED = [(t, True) for t in (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")]
-QWEN2_5_VL_ADDED = QWEN2_VL_ADDED + [
-    ("<tool_call>", False), ("</tool_call>", False), ("<|fim_prefix|>", False), ("<|fim_middle|>", False),
-    ("<|fim_suffix|>", False), ("<|fim_pad|>", False), ("<|repo_name|>", False), ("<|file_sep|>", False)]
-QWEN3_VL_ADDED = QWEN2_5_VL_ADDED + [
-    ("<tool_response>", False), ("</tool_response>", False), ("<think>", False), ("</think>", False)]
-
-ADDED_TOKENS = {"qwen2_vl": QWEN2_VL_ADDED, "qwen2_5_vl": QWEN2_5_VL_ADDED,
-                "qwen3_vl": QWEN3_VL_ADDED, "qwen3_vl_moe": QWEN3_VL_ADDED}
 
 
 def train_bpe(corpus: list[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -49,7 +36,7 @@ def train_bpe(corpus: list[str], vocab_size: int) -> tuple[dict[str, int], list[
     return model["vocab"], merges
 
 
-def build_tokenizer(family: str, corpus: list[str], bpe_vocab_size: int, *, chat_template: str):
+def build_tokenizer(family: ModelFamily, corpus: list[str], bpe_vocab_size: int, *, chat_template: str):
     """A `Qwen2Tokenizer` over learnt merges plus the family's added tokens, in Qwen order."""
     from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
@@ -57,10 +44,10 @@ def build_tokenizer(family: str, corpus: list[str], bpe_vocab_size: int, *, chat
     vocab, merges = train_bpe(corpus, bpe_vocab_size)
     tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=None,
                          eos_token=None, pad_token=None)
-    for content, special in ADDED_TOKENS[family]:
+    for content, special in family.added_tokens:
         tok.add_tokens([AddedToken(content, special=special, normalized=False)], special_tokens=special)
-    tok.eos_token = "<|im_end|>"
-    tok.pad_token = "<|endoftext|>"
+    tok.eos_token = family.turn_end
+    tok.pad_token = family.text_end
     tok.chat_template = chat_template
     tok.padding_side = "right"   # training pads right; generation sets left padding itself
     return tok

@@ -1,10 +1,13 @@
 """What a user may name as a model, turned into a local checkpoint folder.
 
-- `tiny`: the embedded pre-trained tiny base (`models/base.py`, built once, cached);
+- `tiny`: the embedded pre-trained tiny base (`tiny/pretrain.py`, built once, cached);
 - a family name (`qwen2_vl`, `qwen3_vl`, ...): a tiny random checkpoint of that family
   from the zoo, cached under a hash of the code and vocabulary it is built from;
 - anything else: a folder, returned as given (`detect` reports a missing or unsupported
   one); a bare name that is none of these is an error listing what is accepted.
+
+The CLI and the demo resolve names here once; the library stages below (build, train,
+eval, export) take checkpoint folders.
 """
 
 from __future__ import annotations
@@ -13,26 +16,29 @@ import hashlib
 from pathlib import Path
 
 from ..errors import UserError
+from ..models.registry import FAMILIES, supported_names
 from ..paths import cache_dir
-from .registry import FAMILIES, supported_names
+
+TINY = "tiny"
 
 
 def zoo_fingerprint(family: str) -> str:
-    """Hash of what a tiny zoo checkpoint depends on: the zoo and tokenizer code, the
-    tokenizer corpus and the family's chat template."""
+    """Hash of what a tiny zoo checkpoint depends on: the zoo, tokenizer and registry code,
+    the tokenizer corpus and the family's chat template."""
+    from ..models import registry, tiny_shapes
     from ..synth.vocabulary import tokenizer_corpus
     from . import tokenizer, zoo
     h = hashlib.sha256(family.encode())
-    for module in (zoo, tokenizer):
+    for module in (zoo, tokenizer, registry, tiny_shapes):
         h.update(Path(module.__file__).read_bytes())
     h.update("\n".join(tokenizer_corpus()).encode())
-    h.update(zoo.chat_template_text(FAMILIES[family].chat_template).encode())
+    h.update(FAMILIES[family].chat_template_text().encode())
     return h.hexdigest()[:12]
 
 
 def resolve_model_dir(model: str) -> Path:
-    if model == "tiny":
-        from .base import ensure_tiny_base
+    if model == TINY:
+        from .pretrain import ensure_tiny_base
         return ensure_tiny_base()
     path = Path(model).expanduser()
     if model in FAMILIES and not path.exists():
@@ -42,6 +48,6 @@ def resolve_model_dir(model: str) -> Path:
             build_tiny(model, folder)
         return folder
     if not path.exists() and "/" not in model:
-        raise UserError(f"{model!r} is not a model folder, 'tiny', or a model family "
+        raise UserError(f"{model!r} is not a model folder, {TINY!r}, or a model family "
                         f"({', '.join(supported_names())})", key="model")
     return path

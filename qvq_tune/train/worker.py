@@ -1,0 +1,28 @@
+"""The process `accelerate launch` starts once per rank: read the run folder, run the objective."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="qvq-tune training worker (started by `qvq-tune train`)")
+    parser.add_argument("--run", required=True, help="run folder written by train.run.train")
+    args = parser.parse_args(argv)
+    from ..logs import quiet_third_party
+    from ..run_folder import RECIPE, RunFolder
+    from .config import load_recipe
+    from .run import objectives
+
+    quiet_third_party()
+    run = RunFolder(args.run)
+    recipe = load_recipe(run.file(RECIPE))
+    report = objectives()[recipe.objective](recipe, run)
+    if report:
+        print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

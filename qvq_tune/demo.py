@@ -1,43 +1,58 @@
 """The end-to-end demo on the embedded tiny base: the main job.
 
-synthesise diagrams -> build datasets -> evaluate the base -> QLoRA SFT under DeepSpeed
-ZeRO-3 across 2 processes (accelerate launch) -> evaluate the tuned model (and with
-blank images) -> merge into a bf16 model and verify -> report.json + PNG + table.
-Every stage is the same library call the CLI exposes; the demo only chains them.
+synthesise diagrams (30% of the training traces carry a defect a distilled QVQ trace
+might: a loop, or Chinese mixed in; same final answer) -> build datasets -> evaluate the
+base -> QLoRA SFT under DeepSpeed ZeRO-3 across 2 processes (accelerate launch) ->
+evaluate the tuned model (and with blank images; and sampled replies, counting the
+defects it learnt) -> DPO from the SFT adapter on clean-vs-defective pairs cut at the
+first differing step -> evaluate again -> merge into a bf16 model and verify ->
+report.json + PNG + table. Every stage is the same library call the CLI exposes; the
+demo only chains them.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import UserError
 from .paths import write_json_atomic
 
-RECIPE = "demo_qlora_zero3"          # packaged in qvq_tune/presets/recipes/
+SFT_RECIPE, DPO_RECIPE = "demo_qlora_zero3", "demo_dpo_zero3"     # packaged in qvq_tune/presets/recipes/
 
 
 @dataclass
 class DemoConfig:
-    out: str = "runs/demo"
-    task: str = "parts_cost"
-    train_size: int = 2000
-    test_size: int = 300
-    steps: int = 400
+    out: str = field(default="runs/demo", metadata={"help": "output folder"})
+    task: str = field(default="parts_cost", metadata={"help": "synthetic task (see `qvq-tune synth --help`)"})
+    train_size: int = field(default=2000, metadata={"help": "training records"})
+    test_size: int = field(default=300, metadata={"help": "held-out test records"})
+    steps: int = field(default=400, metadata={"help": "SFT steps"})
     per_device_batch_size: int = 16
     num_processes: int = 2
-    accelerate_config: str = "zero3_shard_all"
+    accelerate_config: str = field(default="zero3_shard_all", metadata={
+        "help": "launcher preset (single, ddp, zero2, zero3, zero3_offload, zero3_shard_all) or a YAML path"})
     seed: int = 0
     max_new_tokens: int = 64
+    defect_rate: float = field(default=0.3, metadata={
+        "help": "share of SFT traces with a loop or language mixing (same answer)"})
+    dpo_steps: int = field(default=150, metadata={"help": "DPO steps (0: no DPO stage)"})
+    defect_samples: int = field(default=4, metadata={
+        "help": "sampled replies per test prompt when counting defects"})
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise UserError("max_new_tokens must be >= 1", key="max_new_tokens")
-        for key in ("train_size", "test_size", "steps", "per_device_batch_size", "num_processes"):
+        for key in ("train_size", "test_size", "steps", "per_device_batch_size", "num_processes",
+                    "defect_samples"):
             if getattr(self, key) < 1:
                 raise UserError(f"--{key.replace('_', '-')} must be >= 1", key=key)
+        if self.dpo_steps < 0:
+            raise UserError("--dpo-steps must be >= 0", key="dpo_steps")
+        if not 0 <= self.defect_rate <= 1:
+            raise UserError("--defect-rate must be in [0, 1]", key="defect_rate")
 
 
 def _say(msg: str) -> None:
@@ -45,117 +60,182 @@ def _say(msg: str) -> None:
     Console(stderr=True).print(f"[bold cyan]demo[/] {msg}")
 
 
+class _Clock:
+    def __init__(self):
+        self.t0, self.stages = time.time(), {}
+
+    def stage(self, name: str) -> None:
+        self.stages[name] = round(time.time() - self.t0 - sum(self.stages.values()), 1)
+
+
+def defect_rate(em, test_dir: Path, cfg: DemoConfig, out_jsonl: Path, desc: str) -> dict:
+    """Share of sampled replies (several per test prompt, temperature 1, fixed seed) that show
+    a defect the noisy training data teaches (its loop phrases, its Chinese phrases)."""
+    from .eval.evaluate import EvalOptions, evaluate
+    from .synth.tasks import DEFECTS, taught_defects
+    opts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=32, samples=cfg.defect_samples,
+                       temperature=1.0, seed=cfg.seed)
+    evaluate(em, test_dir, opts, out_jsonl=out_jsonl, desc=desc)
+    rows = [json.loads(line) for line in out_jsonl.read_text(encoding="utf-8").splitlines()]
+    found = [taught_defects(r["reply"]) for r in rows]
+    rates = {kind: sum(kind in f for f in found) / len(rows) for kind in DEFECTS}
+    return {"rate": sum(bool(f) for f in found) / len(rows), "by_kind": rates, "replies": len(rows)}
+
+
+def _train(recipe_name: str, overrides: dict, cfg: DemoConfig):
+    from .run_folder import RunFolder
+    from .train.config import load_recipe
+    from .train.run import train
+    recipe = load_recipe(recipe_name, {**overrides, "optim.seed": cfg.seed,
+                                       "launch.accelerate_config": cfg.accelerate_config,
+                                       "launch.num_processes": cfg.num_processes})
+    return train(recipe, overwrite=True), RunFolder(recipe.run_dir)
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     from .data.build import BuildConfig, build
     from .eval.evaluate import EvalOptions, evaluate, load_for_eval
-    from .eval.report import plot_run, print_summary
     from .export.run import export_run
-    from .paths import write_text_atomic
-    from .run_folder import METRICS, RunFolder
     from .synth.generate import SynthConfig, generate
+    from .synth.tasks import DEFECTS
     from .tiny.pretrain import REPORT_FILE, ensure_tiny_base
-    from .train.callbacks import read_metrics
-    from .train.config import load_recipe
-    from .train.run import train
 
-    t0 = time.time()
+    clock = _Clock()
     out = Path(cfg.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    timings = {}
+    dpo = cfg.dpo_steps > 0
 
-    def stage(name):
-        timings[name] = round(time.time() - t0 - sum(timings.values()), 1)
-
-    _say("1/7 tiny base model (pre-trained once, then cached)")
+    _say("1/9 tiny base model (pre-trained once, then cached)")
     base = ensure_tiny_base(log=_say)
     base_pretrain = json.loads((base / REPORT_FILE).read_text())
-    stage("base")
+    clock.stage("base")
 
-    _say(f"2/7 synthesising the '{cfg.task}' diagram task")
+    _say(f"2/9 synthesising the '{cfg.task}' diagram task ({cfg.defect_rate:.0%} of traces defective)")
     raw = out / "data" / "raw"
     generate(SynthConfig(task=cfg.task, train=cfg.train_size, validation=max(10, cfg.test_size // 10),
-                         test=cfg.test_size, seed=cfg.seed), raw)
-    stage("synth")
+                         test=cfg.test_size, seed=cfg.seed, defect_rate=cfg.defect_rate, dpo=dpo,
+                         dpo_kinds=DEFECTS), raw)
+    clock.stage("synth")
 
-    _say("3/7 building datasets with the base model's processor and chat template")
-    data = {split: out / "data" / split for split in ("train", "test")}
-    built = {split: build(BuildConfig(input=str(raw / f"{split}.jsonl"), model=str(base), out=str(folder),
-                                      reasoning="qvq"))
-             for split, folder in data.items()}
-    stage("build")
+    _say("3/9 building datasets with the base model's processor and chat template")
+    data = {split: out / "data" / split for split in ("train", "test", "dpo_train")}
+    built = {split: build(BuildConfig(input=str(raw / f"{split}.jsonl"), model=str(base), out=str(data[split]),
+                                      reasoning="qvq", pair_cut="step" if split == "dpo_train" else "none"))
+             for split in (("train", "test", "dpo_train") if dpo else ("train", "test"))}
+    clock.stage("build")
 
-    _say("4/7 evaluating the base model")
+    _say("4/9 evaluating the base model")
     opts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64)
     base_eval = evaluate(load_for_eval(base, None, opts), data["test"], opts,
                          out_jsonl=out / "eval" / "base.jsonl", desc="eval base")
-    stage("eval_base")
+    clock.stage("eval_base")
 
-    _say(f"5/7 QLoRA SFT, {cfg.accelerate_config} across {cfg.num_processes} processes")
-    recipe = load_recipe(RECIPE, {
+    _say(f"5/9 QLoRA SFT, {cfg.accelerate_config} across {cfg.num_processes} processes")
+    sft_report, sft_run = _train(SFT_RECIPE, {
         "model": str(base), "output_dir": str(out), "name": "train", "data.train": str(data["train"]),
         "optim.max_steps": cfg.steps, "optim.per_device_batch_size": cfg.per_device_batch_size,
-        "optim.seed": cfg.seed, "optim.logging_steps": max(1, min(10, cfg.steps // 10)),
-        "launch.accelerate_config": cfg.accelerate_config, "launch.num_processes": cfg.num_processes})
-    train_report = train(recipe)
-    run = RunFolder(recipe.run_dir)
-    stage("train")
+        "optim.logging_steps": max(1, min(10, cfg.steps // 10))}, cfg)
+    clock.stage("train")
 
-    _say("6/7 evaluating the tuned model (4-bit base + adapter, as trained), then on blank images")
+    _say("6/9 evaluating the tuned model (4-bit base + adapter, as trained): greedy, blank images, sampled")
     topts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64, load_in_4bit=True)
-    tuned_model = load_for_eval(base, run.adapter, topts)
-    tuned = evaluate(tuned_model, data["test"], topts, out_jsonl=out / "eval" / "tuned.jsonl", desc="eval tuned")
-    topts.blank_images = True
-    tuned_blank = evaluate(tuned_model, data["test"], topts, out_jsonl=out / "eval" / "tuned_blank.jsonl",
+    model = load_for_eval(base, sft_run.adapter, topts)
+    tuned = evaluate(model, data["test"], topts, out_jsonl=out / "eval" / "tuned.jsonl", desc="eval tuned")
+    blank = EvalOptions(**{**asdict(topts), "blank_images": True})
+    tuned_blank = evaluate(model, data["test"], blank, out_jsonl=out / "eval" / "tuned_blank.jsonl",
                            desc="eval tuned, blank")
-    del tuned_model
-    stage("eval_tuned")
+    sft_defects = defect_rate(model, data["test"], cfg, out / "eval" / "tuned_sampled.jsonl", "sample tuned")
+    del model
+    clock.stage("eval_tuned")
 
-    _say("7/7 merging the adapter into a bf16 model and verifying the merge")
-    export = export_run(run.path, out / "export", verify_data=data["test"], verify_samples=8)
+    final_run, dpo_report, dpo_eval, dpo_defects = sft_run, None, None, None
+    if dpo:
+        _say(f"7/9 DPO from the SFT adapter on clean-vs-defective pairs, {cfg.accelerate_config} "
+             f"across {cfg.num_processes} processes")
+        dpo_report, final_run = _train(DPO_RECIPE, {
+            "model": str(base), "output_dir": str(out), "name": "dpo", "data.train": str(data["dpo_train"]),
+            "dpo.start_adapter": str(sft_run.path), "optim.max_steps": cfg.dpo_steps}, cfg)
+        model = load_for_eval(base, final_run.adapter, topts)
+        dpo_eval = evaluate(model, data["test"], topts, out_jsonl=out / "eval" / "dpo.jsonl", desc="eval dpo")
+        dpo_defects = defect_rate(model, data["test"], cfg, out / "eval" / "dpo_sampled.jsonl", "sample dpo")
+        del model
+        clock.stage("dpo")
+
+    _say("8/9 merging the final adapter into a bf16 model and verifying the merge")
+    export = export_run(final_run.path, out / "export", verify_data=data["test"], verify_samples=8)
     mopts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64, dtype="float32")
     merged = evaluate(load_for_eval(export["merged"], None, mopts), data["test"], mopts,
                       out_jsonl=out / "eval" / "merged.jsonl", desc="eval merged")
-    stage("export")
+    clock.stage("export")
 
-    metrics = read_metrics(run.file(METRICS))
-    losses = [m["loss"] for m in metrics if "loss" in m]
-    accuracies = {"base": base_eval["accuracy"], "tuned": tuned["accuracy"],
-                  "tuned\n(blank images)": tuned_blank["accuracy"], "merged\n(bf16)": merged["accuracy"]}
-    png = plot_run(metrics, accuracies, out / "report.png",
-                   f"qvq-tune demo: {cfg.task} ({cfg.steps} steps, {cfg.accelerate_config} x{cfg.num_processes})")
+    _say("9/9 report")
     report = {
-        "task": cfg.task,
-        "base_model": str(base),
-        "base_accuracy": base_eval["accuracy"],
-        "tuned_accuracy": tuned["accuracy"],
-        "tuned_blank_image_accuracy": tuned_blank["accuracy"],
-        "merged_accuracy": merged["accuracy"],
-        "test_samples": tuned["n"],
-        "train_samples": built["train"]["kept"],
-        "train_loss_first": losses[0] if losses else None,
-        "train_loss_last": losses[-1] if losses else None,
-        "train_steps": train_report["steps"],
-        "world_size": train_report["world_size"],
-        "trainable_parameters": train_report["trainable_parameters"],
-        "zero3_partition": train_report["zero3_partition"],
-        "merge_check": export["verification"],
+        "task": cfg.task, "base_model": str(base),
+        "base_accuracy": base_eval["accuracy"], "tuned_accuracy": tuned["accuracy"],
+        "tuned_blank_image_accuracy": tuned_blank["accuracy"], "merged_accuracy": merged["accuracy"],
+        "sft_defect_rate": sft_defects["rate"], "sft_defects_by_kind": sft_defects["by_kind"],
+        "dpo_accuracy": dpo_eval["accuracy"] if dpo else None,
+        "dpo_defect_rate": dpo_defects["rate"] if dpo else None,
+        "dpo_defects_by_kind": dpo_defects["by_kind"] if dpo else None,
+        "defect_sampled_replies": sft_defects["replies"],
+        "test_samples": tuned["n"], "train_samples": built["train"]["kept"],
+        "train_loss_first": sft_report["train_loss_first"], "train_loss_last": sft_report["train_loss_last"],
+        "train_steps": sft_report["steps"], "world_size": sft_report["world_size"],
+        "trainable_parameters": sft_report["trainable_parameters"],
+        "zero3_partition": sft_report["zero3_partition"],
+        "dpo_pairs": built["dpo_train"]["kept"] if dpo else None,
+        "dpo_steps": dpo_report["steps"] if dpo else None,
+        "dpo_reward_accuracy_last": dpo_report.get("rewards_accuracies_last") if dpo else None,
+        "dpo_reward_margin_first": dpo_report.get("rewards_margins_first") if dpo else None,
+        "dpo_reward_margin_last": dpo_report.get("rewards_margins_last") if dpo else None,
+        "exported_run": final_run.path.name, "merge_check": export["verification"],
         "base_pretrain_accuracy": base_pretrain["accuracy"],
-        "stage_seconds": timings,
-        "wall_seconds": round(time.time() - t0, 1),
-        "plot": str(png),
+        "stage_seconds": clock.stages, "wall_seconds": round(time.time() - clock.t0, 1),
         "config": asdict(cfg),
     }
+    report["plot"] = str(_plot(report, sft_run, final_run if dpo else None, out / "report.png", cfg))
     write_json_atomic(out / "report.json", report)
-    print_summary([
+    _print(report, export, out)
+    return report
+
+
+def _plot(report: dict, sft_run, dpo_run, png: Path, cfg: DemoConfig) -> Path:
+    from .eval.report import plot_run
+    from .run_folder import METRICS
+    from .train.callbacks import read_metrics
+    accuracies = {"base": report["base_accuracy"], "tuned": report["tuned_accuracy"],
+                  "tuned\n(blank images)": report["tuned_blank_image_accuracy"]}
+    if dpo_run is not None:
+        accuracies["after DPO"] = report["dpo_accuracy"]
+    accuracies["merged\n(bf16)"] = report["merged_accuracy"]
+    defects = {"after SFT": report["sft_defect_rate"]}
+    if dpo_run is not None:
+        defects["after DPO"] = report["dpo_defect_rate"]
+    return plot_run(read_metrics(sft_run.file(METRICS)), accuracies, png,
+                    f"qvq-tune demo: {cfg.task} ({cfg.steps} SFT + {cfg.dpo_steps} DPO steps, "
+                    f"{cfg.accelerate_config} x{cfg.num_processes})", defects=defects)
+
+
+def _print(report: dict, export: dict, out: Path) -> None:
+    from .eval.report import print_summary
+    from .paths import write_text_atomic
+    rows = [
         ("base accuracy (held-out test)", f"{report['base_accuracy']:.1%}"),
         ("tuned accuracy", f"{report['tuned_accuracy']:.1%}"),
         ("tuned, blank images", f"{report['tuned_blank_image_accuracy']:.1%}"),
+        ("defective sampled replies after SFT", f"{report['sft_defect_rate']:.1%}"),
+    ]
+    if report["dpo_accuracy"] is not None:
+        rows += [("defective sampled replies after DPO", f"{report['dpo_defect_rate']:.1%}"),
+                 ("accuracy after DPO", f"{report['dpo_accuracy']:.1%}")]
+    rows += [
         ("merged bf16 accuracy", f"{report['merged_accuracy']:.1%}"),
         ("train loss first -> last", f"{report['train_loss_first']:.3f} -> {report['train_loss_last']:.3f}"),
-        ("merge check (bf16, reply tokens)", f"{export['verification']['saved_reply_top1_agreement']:.1%} same greedy token"),
+        ("merge check (bf16, reply tokens)",
+         f"{export['verification']['saved_reply_top1_agreement']:.1%} same greedy token"),
         ("processes", str(report["world_size"])),
         ("wall time", f"{report['wall_seconds']:.0f} s"),
         ("report", str(out / "report.json")),
-    ], title="qvq-tune demo")
+    ]
+    print_summary(rows, title="qvq-tune demo")
     write_text_atomic(out / "SUMMARY.txt", "\n".join(f"{k}: {v}" for k, v in report.items()) + "\n")
-    return report

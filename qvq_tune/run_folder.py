@@ -2,13 +2,16 @@
 
     recipe.yaml              the resolved recipe (model is a checkpoint folder)
     base_model.json          detected identity of the base checkpoint (family, licence, path)
-    dataset.json             the dataset folders trained on, their build fingerprint, and
-                             the processor settings they were built with
+    chat_template.jinja      the exact chat template the samples were rendered with
+    dataset.json             the dataset folders trained on, their build fingerprint, family,
+                             reasoning format, and the processor / media settings of the build
     accelerate_config.yaml   the launcher preset as resolved for this run
     metrics.jsonl            one line per trainer log
     train.log                the workers' output
+    checkpoints/checkpoint-N resumable checkpoints; complete ones hold `qvq_tune_complete.json`
     adapter/                 the final LoRA adapter (PEFT format) or full weights
     train_report.json        summary: steps, losses, wall time, trainable parameters
+    loss.png                 the loss curve (DPO: also reward margin and log-probs)
 
 `RunFolder.create` is the one writer of the first three (the trainer calls it before any
 worker starts); training, evaluation and export read them through the accessors here.
@@ -17,23 +20,24 @@ worker starts); training, evaluation and export read them through the accessors 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from .data.dataset import build_report
+from .data.dataset import build_report, processor_settings
 from .errors import UserError
 from .models.detect import detect
 from .paths import write_json_atomic, write_text_atomic
 
-RECIPE, BASE_MODEL, DATASET = "recipe.yaml", "base_model.json", "dataset.json"
+RECIPE, BASE_MODEL, DATASET, TEMPLATE = "recipe.yaml", "base_model.json", "dataset.json", "chat_template.jinja"
 ACCELERATE_CONFIG, METRICS, TRAIN_LOG, TRAIN_REPORT = ("accelerate_config.yaml", "metrics.jsonl",
                                                        "train.log", "train_report.json")
-ADAPTER_DIR = "adapter"
-# Build settings that change what the processor produces: the processor must be loaded
-# with them wherever the dataset's samples are turned into pixels.
-PROCESSOR_SETTINGS = ("min_pixels", "max_pixels")
+ADAPTER_DIR, CHECKPOINTS, PLOT = "adapter", "checkpoints", "loss.png"
+MEDIA_SETTINGS = ("fps", "max_frames", "reasoning", "system")
+LOCK = ".train.lock"
+COMPLETE_MARKER = "qvq_tune_complete.json"       # written into a checkpoint once every rank saved it
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,9 @@ class RunFolder:
         write_text_atomic(self.path / RECIPE, yaml.safe_dump(recipe, sort_keys=False))
         write_json_atomic(self.path / BASE_MODEL, detect(model_dir).to_dict())
         write_json_atomic(self.path / DATASET, dataset_record(train_data, eval_data))
+        template = chat_template(model_dir)
+        if template is not None:
+            write_text_atomic(self.path / TEMPLATE, template)
 
     # ---- readers ---------------------------------------------------------------------
     def read_json(self, name: str) -> dict:
@@ -89,6 +96,39 @@ class RunFolder:
     def train_report(self) -> dict:
         return self.read_json(TRAIN_REPORT)
 
+    def finished(self) -> bool:
+        return (self.path / TRAIN_REPORT).is_file()
+
+    def checkpoints(self, *, complete: bool | None = None) -> list[Path]:
+        """`checkpoints/checkpoint-N` folders by step; `complete=True`: only the finished saves."""
+        folder = self.path / CHECKPOINTS
+        found = sorted((p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+                       key=lambda p: int(p.name.split("-")[-1])) if folder.is_dir() else []
+        if complete is None:
+            return found
+        return [p for p in found if (p / COMPLETE_MARKER).is_file() == complete]
+
+    @contextmanager
+    def lock(self):
+        """Held by the process that trains this run (rank 0): a second training process on
+        the same folder, e.g. a resume while a killed job's workers still run, is refused."""
+        import fcntl
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / LOCK, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError("another process is training in this run folder; wait for it to finish or "
+                                "stop it (all of its processes) first", path=str(self.path)) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def last_complete_checkpoint(self) -> Path | None:
+        done = self.checkpoints(complete=True)
+        return done[-1] if done else None
+
 
 def dataset_record(train_data: str | Path, eval_data: str | Path | None = None) -> dict:
     """Which dataset folders a run uses, with the train build's fingerprint and settings."""
@@ -96,9 +136,23 @@ def dataset_record(train_data: str | Path, eval_data: str | Path | None = None) 
                   "eval": str(Path(eval_data).resolve()) if eval_data else None}
     report = build_report(train_data)
     if report is not None:
-        settings = report.get("settings", {})
+        settings, model = report.get("settings", {}), report.get("model", {})
         info.update(fingerprint=report.get("fingerprint"), kept=report.get("kept"),
-                    family=report.get("model", {}).get("family"),
-                    reasoning=settings.get("reasoning"),
-                    processor={k: settings[k] for k in PROCESSOR_SETTINGS if settings.get(k) is not None})
+                    family=model.get("family"), processor_hash=model.get("processor_hash"),
+                    processor=processor_settings(train_data),
+                    media={k: settings.get(k) for k in MEDIA_SETTINGS})
     return info
+
+
+def chat_template(model_dir: str | Path) -> str | None:
+    """The chat template a checkpoint folder ships (its own file, or inside the JSON configs)."""
+    model_dir = Path(model_dir)
+    if (model_dir / "chat_template.jinja").is_file():
+        return (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    for name in ("chat_template.json", "processor_config.json", "tokenizer_config.json"):
+        path = model_dir / name
+        if path.is_file():
+            template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+            if isinstance(template, str):
+                return template
+    return None

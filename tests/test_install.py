@@ -55,7 +55,11 @@ def test_installed_copy_runs_from_outside_the_checkout(installed, tmp_path):
     assert where.startswith(str(installed)), f"imported from {where}, not the fresh install"
 
     assert "train" in _run([str(cli), "--help"], cwd=elsewhere).stdout
-    checked = json.loads(_run([str(cli), "train", "--recipe", "demo_qlora_zero3", "--check"], cwd=elsewhere).stdout)
+    shutil.copytree(REPO / "data_templates", elsewhere / "templates")
+    _run([str(cli), "data", "build", "--input", "templates/native.jsonl", "--model", "qwen2_vl", "--out", "built",
+          "--workers", "1"], cwd=elsewhere)
+    checked = json.loads(_run([str(cli), "train", "--recipe", "demo_qlora_zero3", "--check",
+                               "--set", "data.train=built"], cwd=elsewhere).stdout)
     assert checked["launch"]["accelerate_config"] == "zero3_shard_all"
 
     script = ("import json; from qvq_tune import presets; from qvq_tune.train.launch import "

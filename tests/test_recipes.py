@@ -56,3 +56,46 @@ def test_bad_recipe_is_a_user_error_naming_file_and_key(tmp_path, body, needle):
 def test_unknown_launcher_preset():
     with pytest.raises(UserError, match="zero3"):
         resolve_accelerate_config("zero9")
+
+
+REAL_MODEL_RECIPES = {"qvq72b_qlora_zero3": "qwen2_vl", "qwen25vl7b_lora_single": "qwen2_5_vl",
+                      "qwen25vl72b_lora_zero3_offload": "qwen2_5_vl", "qwen25vl7b_dpo": "qwen2_5_vl"}
+
+
+@pytest.fixture(scope="module")
+def stand_in_data(tiny_model, tmp_path_factory):
+    """family -> a small build (SFT samples and preference pairs) made with its tiny zoo model."""
+    from qvq_tune.data.build import BuildConfig, build
+    from qvq_tune.synth.generate import SynthConfig, generate
+    root = tmp_path_factory.mktemp("stand_in")
+    generate(SynthConfig(train=4, validation=0, test=0, dpo=True), root / "raw", progress=False)
+    out = {}
+    for family in sorted(set(REAL_MODEL_RECIPES.values())):
+        for split in ("train", "dpo_train"):
+            build(BuildConfig(input=str(root / "raw" / f"{split}.jsonl"), model=str(tiny_model(family)),
+                              out=str(root / family / split), workers=1))
+        out[family] = root / family
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(REAL_MODEL_RECIPES))
+def test_real_model_recipes_pass_check(name, tiny_model, stand_in_data):
+    """Each real-model recipe passes `--check` with its paths pointed at a stand-in of the same
+    family (the real checkpoints are not here); the planned hardware is written beside it."""
+    import json
+    import subprocess
+    import sys
+
+    from qvq_tune import presets
+    family = REAL_MODEL_RECIPES[name]
+    recipe = load_recipe(name)
+    data = stand_in_data[family] / ("dpo_train" if recipe.objective == "dpo" else "train")
+    sets = {"model": tiny_model(family), "data.train": data, "data.eval": data if recipe.data.eval else None,
+            "dpo.start_adapter": None}
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={'null' if v is None else v}")]
+    out = subprocess.run([sys.executable, "-m", "qvq_tune", "train", "--recipe", name, "--check", *args],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["name"] == recipe.name
+    text = (presets.folder(presets.RECIPES) / f"{name}.yaml").read_text()
+    assert "GB" in text.split("\nname:")[0], "the planned memory and hardware are written in the header"

@@ -52,7 +52,7 @@ def test_module_prefixes_and_lora_targets_match_the_real_model(family, tiny_mode
     assert len(targets) == layers * len(fam.lora_targets)
     assert all(isinstance(model.get_submodule(t), torch.nn.Linear) for t in targets)
     assert not any(t.startswith("model.visual") for t in targets)
-    with_vision = [n for n in names if re.fullmatch(fam.lora_target_regex(include_vision=True), n)]
+    with_vision = [n for n in names if re.fullmatch(fam.lora_target_regex(vision=True, merger=True), n)]
     assert any(t.startswith("model.visual") for t in with_vision)
     assert all(isinstance(model.get_submodule(t), torch.nn.Linear) for t in with_vision)
 

@@ -1,10 +1,10 @@
-"""`qvq-tune train`: run a YAML recipe's objective under accelerate (DDP / ZeRO-2 / ZeRO-3)."""
+"""`qvq-tune train`: run a YAML recipe's objective (SFT or DPO) under accelerate (DDP / ZeRO-2 / ZeRO-3)."""
 
 from __future__ import annotations
 
 import json
 
-HELP = "fine-tune (QLoRA / LoRA / full SFT) from a YAML recipe, launched with accelerate"
+HELP = "fine-tune (QLoRA / LoRA / full SFT, DPO) from a YAML recipe, launched with accelerate"
 
 
 def add_parser(sub) -> None:
@@ -13,7 +13,16 @@ def add_parser(sub) -> None:
                    help="YAML recipe file, or the name of a packaged recipe (e.g. demo_qlora_zero3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set optim.max_steps=50 (repeatable)")
-    p.add_argument("--check", action="store_true", help="validate the recipe and exit")
+    p.add_argument("--check", action="store_true",
+                   help="validate the recipe, its model folder and datasets without loading a model, and exit")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue an interrupted run from its last complete checkpoint")
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--prepare", action="store_true",
+                   help="check and write the run folder, print the command each node of a multi-node job "
+                        "runs, and exit (see accelerate_configs/multi_node_zero3.yaml)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.set_defaults(func=_run)
 
 
@@ -33,20 +42,35 @@ def parse_overrides(items: list[str]) -> dict:
 def _run(args) -> int:
     import dataclasses
 
-    from ..models.detect import detect
     from ..tiny.resolve import TINY, resolve_model_dir
-    from ..train.config import load_recipe
-    from ..train.launch import resolve_accelerate_config
-    from ..train.run import train
+    from ..train.config import load_recipe, recipe_path
+    from ..train.run import check, node_command, prepare, train
 
-    recipe = load_recipe(args.recipe, parse_overrides(args.set))
-    resolve_accelerate_config(recipe.launch.accelerate_config)
-    if recipe.model != TINY:
-        detect(recipe.model)
+    source = str(recipe_path(args.recipe))
+    recipe = load_recipe(source, parse_overrides(args.set))
     if args.check:
+        built = recipe.model != TINY       # the tiny base is built on first use, not by a check
+        if built:
+            recipe = dataclasses.replace(recipe, model=str(resolve_model_dir(recipe.model)))
+        check(recipe, source, model_built=built)
         print(json.dumps(recipe.to_dict(), indent=2))
         return 0
     # Build the tiny base once, here, before any worker starts.
     recipe = dataclasses.replace(recipe, model=str(resolve_model_dir(recipe.model)))
-    print(json.dumps(train(recipe), indent=2))
+    if args.prepare:
+        recipe, run, resume_from = prepare(recipe, resume=args.resume, overwrite=args.overwrite, source=source)
+        print(node_command(recipe, run, resume_from))
+        return 0
+    report = train(recipe, resume=args.resume, overwrite=args.overwrite, source=source)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _table(report)
     return 0
+
+
+def _table(report: dict) -> None:
+    from ..eval.report import print_summary
+    rows = [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in report.items()
+            if v is not None and not isinstance(v, (dict, list))]
+    print_summary(rows, title=f"qvq-tune train: {report.get('objective')} ({report.get('method')})")

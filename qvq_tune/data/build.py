@@ -50,6 +50,7 @@ from .quarantine import RecordError, quarantine_row
 from .readers import FORMATS as INPUT_FORMATS
 from .readers import ReaderOptions, parse, parse_columns
 from .reasoning import FORMATS as REASONING_FORMATS
+from .reasoning import PAIR_CUTS
 from .render import RenderError, RenderOptions, SampleRenderer
 
 CHUNK = 64                   # records per task sent to a worker
@@ -94,12 +95,18 @@ class BuildConfig:
     max_frames: int = _option(DEFAULT_MAX_FRAMES, "frames per video at most")
     max_image_pixels: int = _option(DEFAULT_MAX_IMAGE_PIXELS,
                                     "larger images are quarantined (decompression-bomb guard)")
+    pair_cut: str = _option("none", "cut preference pairs where chosen and rejected first differ: at the "
+                                    "divergence point (word) or at reasoning-step boundaries; the shared "
+                                    "start joins the prompt", choices=PAIR_CUTS)
     reuse: bool = _option(True, "rebuild even if nothing changed", flag="--no-cache", fingerprint=False)
 
     def __post_init__(self):
         if self.format not in INPUT_FORMATS:
             raise UserError(f"unknown --format {self.format!r}; choose from {', '.join(INPUT_FORMATS)}",
                             key="format")
+        if self.pair_cut not in PAIR_CUTS:
+            raise UserError(f"unknown --pair-cut {self.pair_cut!r}; choose from {', '.join(PAIR_CUTS)}",
+                            key="pair_cut")
         if self.reasoning is not None and self.reasoning not in REASONING_FORMATS:
             raise UserError(f"unknown --reasoning {self.reasoning!r}; choose from "
                             f"{', '.join(REASONING_FORMATS)}", key="reasoning")
@@ -373,7 +380,8 @@ def build(config: BuildConfig, *, log=None, progress: bool = False) -> dict:
     (out / REPORT).unlink(missing_ok=True)             # no report = no finished build
     spec = _Spec(str(model_dir), detected.family, config.min_pixels, config.max_pixels,
                  ReaderOptions(config.format, dict(config.columns)),
-                 RenderOptions(settings["reasoning"], config.system, config.max_tokens, config.truncate),
+                 RenderOptions(settings["reasoning"], config.system, config.max_tokens, config.truncate,
+                               config.pair_cut),
                  MediaOptions(out / MEDIA_DIR, config.allow_remote, config.max_image_pixels, config.fps,
                               max_frames=config.max_frames))
     stage = out / f".staging-{os.getpid()}"

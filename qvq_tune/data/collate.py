@@ -39,6 +39,27 @@ class VisionCollator:
                 out[i, longest - len(s):] = t
         return out
 
+    def media(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        """Pixels and grids of the samples' images and videos, in row order."""
+        out = {}
+        images = [img for s in samples for img in (s.get("images") or [])]
+        if images:
+            pixel_values, grid = self.pixels.get(images)
+            expected = [g for s in samples for g in (s.get("image_grid_thw") or [])]
+            if expected and grid.tolist() != [list(g) for g in expected]:
+                raise ValueError("image grids differ from the ones recorded when the dataset was "
+                                 "built; rebuild it with this model's processor settings")
+            out["pixel_values"], out["image_grid_thw"] = pixel_values, grid
+        videos = [v for s in samples for v in (s.get("videos") or [])]
+        if videos:
+            enc = self.processor.video_processor(videos=[load_video_frames(v) for v in videos],
+                                                 return_tensors="pt")
+            out["pixel_values_videos"], out["video_grid_thw"] = enc["pixel_values_videos"], enc["video_grid_thw"]
+        return out
+
+    def mm_token_type_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(self.processor.create_mm_token_type_ids(input_ids.tolist()), dtype=torch.long)
+
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         ids = [s["input_ids"] for s in samples]
         batch = {
@@ -47,19 +68,27 @@ class VisionCollator:
         }
         if "labels" in samples[0]:
             batch["labels"] = self._pad([s["labels"] for s in samples], IGNORE_INDEX)
-        images = [img for s in samples for img in (s.get("images") or [])]
-        if images:
-            pixel_values, grid = self.pixels.get(images)
-            expected = [g for s in samples for g in (s.get("image_grid_thw") or [])]
-            if expected and grid.tolist() != [list(g) for g in expected]:
-                raise ValueError("image grids differ from the ones recorded when the dataset was "
-                                 "built; rebuild it with this model's processor settings")
-            batch["pixel_values"], batch["image_grid_thw"] = pixel_values, grid
-        videos = [v for s in samples for v in (s.get("videos") or [])]
-        if videos:
-            enc = self.processor.video_processor(videos=[load_video_frames(v) for v in videos],
-                                                 return_tensors="pt")
-            batch["pixel_values_videos"], batch["video_grid_thw"] = enc["pixel_values_videos"], enc["video_grid_thw"]
-        batch["mm_token_type_ids"] = torch.as_tensor(
-            self.processor.create_mm_token_type_ids(batch["input_ids"].tolist()), dtype=torch.long)
+        batch.update(self.media(samples))
+        batch["mm_token_type_ids"] = self.mm_token_type_ids(batch["input_ids"])
+        return batch
+
+
+class VisionPreferenceCollator(VisionCollator):
+    """Preference samples (`render_pair` output) -> the batch TRL's DPOTrainer computes its
+    loss on: rows `prompt + chosen` for every sample, then `prompt + rejected` for every
+    sample (right-padded), `completion_mask` on the replies only, and each prompt's media
+    once per row (the chosen and rejected rows of a pair share the same images)."""
+
+    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        rows, completion = [], []
+        for side in ("chosen", "rejected"):
+            for s in samples:
+                prompt, reply = s["prompt_input_ids"], s[f"{side}_input_ids"]
+                rows.append(prompt + reply)
+                completion.append([0] * len(prompt) + [1] * len(reply))
+        batch = {"input_ids": self._pad(rows, self.pad_id),
+                 "attention_mask": self._pad([[1] * len(r) for r in rows], 0),
+                 "completion_mask": self._pad(completion, 0)}
+        batch.update(self.media(samples + samples))
+        batch["mm_token_type_ids"] = self.mm_token_type_ids(batch["input_ids"])
         return batch

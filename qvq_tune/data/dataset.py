@@ -16,17 +16,39 @@ def _is_hf_dataset(path: Path) -> bool:
     return (path / "dataset_info.json").is_file() or (path / "state.json").is_file()
 
 
+def find_samples(path: str | Path, kind: str = "dataset") -> Path | None:
+    """The samples folder of one kind ("dataset": SFT, "preference": DPO) of a build output
+    folder (or that folder itself, given `OUT/dataset` / `OUT/preference`), or None."""
+    path = Path(path)
+    for candidate in (path / kind, path):
+        if _is_hf_dataset(candidate) and _kind_of(candidate) == kind:
+            return candidate
+    return None
+
+
+def _kind_of(folder: Path) -> str | None:
+    """"dataset" or "preference", from the columns recorded in dataset_info.json."""
+    import json
+    try:
+        features = json.loads((folder / "dataset_info.json").read_text(encoding="utf-8")).get("features", {})
+    except (OSError, json.JSONDecodeError):
+        return None
+    if "chosen_input_ids" in features:
+        return "preference"
+    return "dataset" if "labels" in features else None
+
+
 def load_samples(path: str | Path, kind: str = "dataset"):
     from datasets import load_from_disk
 
     path = Path(path)
     if not path.exists():
         raise UserError("dataset folder does not exist; run `qvq-tune data build` first", path=str(path))
-    for candidate in (path, path / kind):
-        if _is_hf_dataset(candidate):
-            return load_from_disk(str(candidate))
-    raise UserError(f"not a built dataset (no {kind}/ with dataset_info.json); "
-                    "run `qvq-tune data build` to make one", path=str(path))
+    folder = find_samples(path, kind)
+    if folder is None:
+        raise UserError(f"not a built dataset (no {kind}/ with dataset_info.json); "
+                        "run `qvq-tune data build` to make one", path=str(path))
+    return load_from_disk(str(folder))
 
 
 def build_report(path: str | Path) -> dict | None:
@@ -42,3 +64,15 @@ def build_report(path: str | Path) -> dict | None:
                 raise UserError("a build report that is not valid JSON; rebuild the dataset",
                                 path=str(candidate)) from None
     return None
+
+
+# Build settings that change what the processor produces: the processor must be loaded
+# with them wherever the dataset's samples are turned into pixels.
+PROCESSOR_SETTINGS = ("min_pixels", "max_pixels")
+
+
+def processor_settings(path: str | Path) -> dict:
+    """`load_processor` keyword arguments a dataset was built with ({} when the build
+    used the processor's own defaults)."""
+    settings = (build_report(path) or {}).get("settings", {})
+    return {k: settings[k] for k in PROCESSOR_SETTINGS if settings.get(k) is not None}

@@ -12,6 +12,7 @@ is split on the markers Qwen's thinking models write (`models.registry.THINK_TOK
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from ..models.registry import REASONING_STYLES, THINK_TOKENS, ReasoningStyle
 
@@ -87,3 +88,47 @@ def split_reply(text: str, think: tuple[str, str] = THINK_TOKENS) -> tuple[str |
         answer = boxed if boxed is not None else tail
         return (trace or None), answer.strip()
     return None, text.strip()
+
+
+# ---- preference pairs cut where they differ (Step-DPO style) -----------------------------
+PairCut = Literal["none", "divergence", "step"]
+PAIR_CUTS: tuple[str, ...] = ("none", "divergence", "step")
+# A step ends after sentence punctuation (not inside "2.5" or "e.g.") or before a line break.
+_STEP_END = re.compile(r"(?<=[.!?。！？])(?![^\W_])|(?=\n)")
+
+
+def _step_ends(text: str) -> list[int]:
+    return [m.start() for m in _STEP_END.finditer(text)]
+
+
+def _step_end(text: str, start: int) -> int:
+    """The end of the reasoning step that starts at `start` (after its leading white
+    space), or the end of the reply (end-of-turn token included)."""
+    body = len(text) - len(text[start:].lstrip())
+    return next((e for e in _step_ends(text) if e > body), len(text))
+
+
+def cut_pair(chosen: str, rejected: str, mode: PairCut) -> tuple[str, list[str]]:
+    """(shared start, [chosen part, rejected part]) of two replies.
+
+    `none`: nothing shared, the whole replies. `divergence`: the common start, back to a
+    word boundary, is shared; each reply keeps the rest of the step in which it departs.
+    `step`: the common start back to a step boundary is shared; each keeps its whole
+    diverging step. Cutting keeps the pair's signal on the first step that differs, so a
+    looping or language-mixed reply does not push down the correct steps it repeats.
+    White space between the shared start and the parts stays with the parts, so they
+    tokenise as they would inside the whole reply. Identical replies are kept whole.
+    """
+    if mode == "none" or chosen == rejected:
+        return "", [chosen, rejected]
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    if mode == "step":
+        n = max(e for e in [0, *_step_ends(chosen)] if e <= n)
+    else:
+        while n > 0 and not chosen[n - 1].isspace():
+            n -= 1
+    while n > 0 and chosen[n - 1].isspace():
+        n -= 1
+    return chosen[:n], [reply[n:_step_end(reply, n)] for reply in (chosen, rejected)]

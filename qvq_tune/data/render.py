@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ..models.registry import ModelFamily
 from .messages import Conversation, PreferencePair, Turn
-from .reasoning import ReasoningFormat, format_reply
+from .reasoning import PairCut, ReasoningFormat, cut_pair, format_reply
 
 IGNORE_INDEX = -100
 
@@ -44,6 +44,7 @@ class RenderOptions:
     system_prompt: str | None = None   # inserted when a record has none; None: template default
     max_tokens: int | None = None
     truncate: bool = False
+    pair_cut: PairCut = "none"          # preference pairs: cut at the divergence point / step
 
 
 class SampleRenderer:
@@ -114,11 +115,14 @@ class SampleRenderer:
         """A DPO sample: prompt ids (ending in the assistant header) and the two completions."""
         prompt = self.render_prompt(pair.prompt, media)
         out = {"prompt_input_ids": prompt["input_ids"], **self._media_columns(media)}
-        for side, turn in (("chosen", pair.chosen), ("rejected", pair.rejected)):
-            self.check_text([turn])
-            reply = self.format_reply(turn) + self.family.turn_end
-            ids = self.tokenizer(reply, add_special_tokens=False)["input_ids"]
-            out[f"{side}_input_ids"] = ids
+        self.check_text([pair.chosen, pair.rejected])
+        end = self.family.turn_end
+        replies = [self.format_reply(pair.chosen) + end, self.format_reply(pair.rejected) + end]
+        shared, replies = cut_pair(*replies, self.options.pair_cut)
+        if shared:   # the replies' common start joins the prompt; only what differs is scored
+            out["prompt_input_ids"] = out["prompt_input_ids"] + self.tokenizer(shared, add_special_tokens=False)["input_ids"]
+        for side, reply in zip(("chosen", "rejected"), replies):
+            out[f"{side}_input_ids"] = self.tokenizer(reply, add_special_tokens=False)["input_ids"]
         total = len(out["prompt_input_ids"]) + max(len(out["chosen_input_ids"]), len(out["rejected_input_ids"]))
         if self.options.max_tokens and total > self.options.max_tokens:
             raise RenderError("too_long", f"{total} tokens > --max-tokens {self.options.max_tokens}")

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..data.dataset import load_samples
+from ..data.dataset import load_samples, processor_settings
 from ..data.reasoning import split_reply
 from ..data.render import IGNORE_INDEX
 from ..models.detect import detect
+from ..models.loading import set_pixel_limits
 from ..models.registry import ModelFamily, get_family
 from ..paths import write_json_atomic
 from .answers import answers_match, extract_answer
@@ -32,6 +33,9 @@ class EvalOptions:
     blank_images: bool = False
     load_in_4bit: bool = False
     dtype: str = "float32"
+    samples: int = 1                     # replies per prompt
+    temperature: float | None = None     # None: greedy; else sampled at this temperature
+    seed: int = 0                        # for sampled replies
 
 
 @dataclass
@@ -77,6 +81,7 @@ def load_for_eval(model_dir: str | Path, adapter: str | Path | None, opts: EvalO
 def score(em: EvalModel, dataset_dir: str | Path, opts: EvalOptions, *, desc: str = "eval") -> list[dict]:
     """One row per sample: id, reference, reply, extracted answer, correct."""
     processor = em.processor
+    set_pixel_limits(processor, **processor_settings(dataset_dir))   # as the samples were built
     ds = load_samples(dataset_dir)
     n = len(ds) if opts.limit is None else min(opts.limit, len(ds))
     prompts, refs, ids = [], [], []
@@ -89,12 +94,18 @@ def score(em: EvalModel, dataset_dir: str | Path, opts: EvalOptions, *, desc: st
         refs.append(ref)
         ids.append(sample.get("id"))
     replies = generate_replies(em.model, processor, prompts, max_new_tokens=opts.max_new_tokens,
-                               batch_size=opts.batch_size, desc=desc)
+                               batch_size=opts.batch_size, desc=desc, samples=opts.samples,
+                               temperature=opts.temperature, seed=opts.seed)
+    per = opts.samples if opts.temperature is not None else 1
     rows = []
-    for i, (sample_id, reply, ref) in enumerate(zip(ids, replies, refs)):
+    for k, reply in enumerate(replies):
+        i = k // per
         pred = extract_answer(reply)
-        rows.append({"index": i, "id": sample_id, "reference": ref, "predicted": pred,
-                     "correct": answers_match(pred, ref), "reply": reply})
+        row = {"index": i, "id": ids[i], "reference": refs[i], "predicted": pred,
+               "correct": answers_match(pred, refs[i]), "reply": reply}
+        if per > 1:
+            row["sample"] = k % per
+        rows.append(row)
     return rows
 
 

@@ -14,6 +14,7 @@ Adding a family: one `ModelFamily` record below, its chat template in `chat_temp
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from typing import Callable, Literal, get_args
@@ -64,7 +65,9 @@ class ModelFamily:
     language_model_prefix: str              # module path of the decoder
     vision_prefixes: tuple[str, ...]        # vision tower (frozen by default)
     merger_prefixes: tuple[str, ...]        # vision -> language projection(s)
-    vision_lora_pattern: str                # Linear layers under model.visual, as a regex
+    vision_tower_prefix: str                # the vision tower's root module (holds blocks and merger)
+    vision_lora_pattern: str                # its blocks' Linear layers, as a regex below the root
+    merger_lora_pattern: str                # the merger's Linear layers, likewise
     chat_template: str                      # file in models/chat_templates/
     default_system_prompt: str | None       # what the template inserts when none is given
     reasoning_style: ReasoningStyle         # how the family's reasoning models write traces
@@ -115,14 +118,30 @@ class ModelFamily:
         out["tiny_vision_config"] = self.tiny_vision_config.__name__
         return out
 
-    def lora_target_regex(self, include_vision: bool = False) -> str:
-        """A PEFT `target_modules` regex matching the projections of the language model
-        (and, optionally, every Linear in the vision tower and merger)."""
-        names = "|".join(self.lora_targets)
-        lm = rf"{_re(self.language_model_prefix)}\.layers\.\d+\.(self_attn|mlp)\.({names})"
-        if not include_vision:
+    def lora_target_regex(self, lm_targets: list[str] | str | None = None, *, vision: bool = False,
+                          merger: bool = False) -> str:
+        """A PEFT `target_modules` regex: the language model's projections (`lm_targets`: leaf
+        names, or a regex used as given; default the family's), optionally every Linear of
+        the vision tower's blocks and of the merger."""
+        if isinstance(lm_targets, str):
+            lm = lm_targets.removeprefix("^").removesuffix("$")
+        else:
+            names = "|".join(map(re.escape, lm_targets or self.lora_targets))
+            lm = rf"{_re(self.language_model_prefix)}\.layers\.\d+\.(self_attn|mlp)\.({names})"
+        tower = [p for p, on in ((self.vision_lora_pattern, vision), (self.merger_lora_pattern, merger)) if on]
+        if not tower:
             return rf"^{lm}$"
-        return rf"^({lm}|model\.visual\.({self.vision_lora_pattern}))$"
+        return rf"^(({lm})|{_re(self.vision_tower_prefix)}\.({'|'.join(tower)}))$"
+
+    def part_of(self, name: str) -> str:
+        """"vision", "merger" or "language_model" for a parameter or module name (PEFT's
+        `base_model.model.` wrapper prefix allowed)."""
+        name = name.removeprefix("base_model.model.")
+        if name.startswith(self.merger_prefixes):
+            return "merger"
+        if name.startswith(self.vision_tower_prefix + "."):
+            return "vision"
+        return "language_model"
 
 
 def _re(prefix: str) -> str:
@@ -148,7 +167,8 @@ FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
         lora_targets=DENSE_LM_PROJECTIONS, language_model_prefix="model.language_model",
         vision_prefixes=("model.visual.patch_embed", "model.visual.blocks"),
         merger_prefixes=("model.visual.merger",),
-        vision_lora_pattern=r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))|merger\.mlp\.[02]",
+        vision_tower_prefix="model.visual",
+        vision_lora_pattern=r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))", merger_lora_pattern=r"merger\.mlp\.[02]",
         chat_template="qwen2_vl.jinja", default_system_prompt=QWEN_SYSTEM_PROMPT,
         reasoning_style="qvq", patch_size=14,
         added_tokens=QWEN2_VL_ADDED, tiny_vision_config=qwen2_vl_vision_config,
@@ -160,7 +180,9 @@ FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
         lora_targets=DENSE_LM_PROJECTIONS, language_model_prefix="model.language_model",
         vision_prefixes=("model.visual.patch_embed", "model.visual.blocks"),
         merger_prefixes=("model.visual.merger",),
-        vision_lora_pattern=r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate_proj|up_proj|down_proj))|merger\.mlp\.[02]",
+        vision_tower_prefix="model.visual",
+        vision_lora_pattern=r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate_proj|up_proj|down_proj))",
+        merger_lora_pattern=r"merger\.mlp\.[02]",
         chat_template="qwen2_5_vl.jinja", default_system_prompt=QWEN_SYSTEM_PROMPT,
         reasoning_style="qvq", patch_size=14,
         added_tokens=QWEN2_5_VL_ADDED, tiny_vision_config=qwen2_5_vl_vision_config,
@@ -172,8 +194,9 @@ FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
         lora_targets=DENSE_LM_PROJECTIONS, language_model_prefix="model.language_model",
         vision_prefixes=("model.visual.patch_embed", "model.visual.pos_embed", "model.visual.blocks"),
         merger_prefixes=("model.visual.merger", "model.visual.deepstack_merger_list"),
-        vision_lora_pattern=(r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.linear_fc[12])"
-                             r"|(merger|deepstack_merger_list\.\d+)\.linear_fc[12]"),
+        vision_tower_prefix="model.visual",
+        vision_lora_pattern=r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.linear_fc[12])",
+        merger_lora_pattern=r"(merger|deepstack_merger_list\.\d+)\.linear_fc[12]",
         chat_template="qwen3_vl_thinking.jinja", default_system_prompt=None,
         reasoning_style="think", patch_size=16, mrope_interleaved=True,
         added_tokens=QWEN3_VL_ADDED, tiny_vision_config=qwen3_vl_vision_config,
@@ -185,8 +208,9 @@ FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
         lora_targets=MOE_LM_PROJECTIONS, language_model_prefix="model.language_model",
         vision_prefixes=("model.visual.patch_embed", "model.visual.pos_embed", "model.visual.blocks"),
         merger_prefixes=("model.visual.merger", "model.visual.deepstack_merger_list"),
-        vision_lora_pattern=(r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.linear_fc[12])"
-                             r"|(merger|deepstack_merger_list\.\d+)\.linear_fc[12]"),
+        vision_tower_prefix="model.visual",
+        vision_lora_pattern=r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.linear_fc[12])",
+        merger_lora_pattern=r"(merger|deepstack_merger_list\.\d+)\.linear_fc[12]",
         chat_template="qwen3_vl_thinking.jinja", default_system_prompt=None,
         reasoning_style="think", patch_size=16, mrope_interleaved=True, is_moe=True,
         added_tokens=QWEN3_VL_ADDED, tiny_vision_config=qwen3_vl_vision_config,

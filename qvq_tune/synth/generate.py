@@ -2,10 +2,16 @@
 
 Layout of OUT:
     train.jsonl, validation.jsonl, test.jsonl      SFT records (native format)
-    dpo_train.jsonl, dpo_validation.jsonl          preference pairs (native DPO format)
+    dpo_train.jsonl, dpo_validation.jsonl          preference pairs (native DPO format): a clean
+                                                   chosen trace, a wrong / looping / language-mixed
+                                                   rejected one
     images/<split>/<n>.png
     manifest.json                                  task, seed, sizes, counts
 No scene (shape, colour, cells) appears in two splits, so test images are held out.
+With `defect_rate` > 0 that share of the training traces carries a defect a distilled
+QVQ trace might (a loop, or Chinese mixed into the English trace) with the right final
+answer, so a model tuned on them reproduces it; DPO on clean-vs-defective pairs then
+has something to remove (the demo shows it).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from tqdm import tqdm
 from ..errors import UserError
 from ..paths import atomic_dir, write_json_atomic
 from .scenes import draw, random_scene
-from .tasks import TASKS, Worked, language_mixed, looping
+from .tasks import DEFECTS, TASKS, Worked, language_mixed, looping
 
 SPLITS = ("train", "validation", "test")
 DPO_KINDS = ("wrong", "looping", "language_mixed")
@@ -36,6 +42,8 @@ class SynthConfig:
     dpo: bool = True
     seed: int = 0
     image_size: int = 112
+    defect_rate: float = 0.0                 # share of training traces made defective (same answer)
+    dpo_kinds: tuple[str, ...] = DPO_KINDS   # which rejections the preference pairs use, in turn
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -44,6 +52,11 @@ class SynthConfig:
         for split in SPLITS:
             if getattr(self, split) < 0:
                 raise UserError(f"{split} size must be >= 0", key=split)
+        if not 0 <= self.defect_rate <= 1:
+            raise UserError("defect_rate must be in [0, 1]", key="defect_rate")
+        unknown = set(self.dpo_kinds) - set(DPO_KINDS)
+        if unknown or not self.dpo_kinds:
+            raise UserError(f"dpo_kinds must be some of {', '.join(DPO_KINDS)}", key="dpo_kinds")
 
 
 def _record(task_name: str, split: str, i: int, rel_image: str, worked: Worked, scene) -> dict:
@@ -52,16 +65,18 @@ def _record(task_name: str, split: str, i: int, rel_image: str, worked: Worked, 
             "meta": {"shape": scene.shape, "colour": scene.colour, "count": scene.count}}
 
 
+def _defective(worked: Worked, rng: random.Random, kind: str) -> str:
+    return looping(worked, rng) if kind == "looping" else language_mixed(worked)
+
+
 def _dpo_record(task, rec: dict, scene, worked: Worked, rng: random.Random, kind: str) -> dict:
     if kind == "wrong":
         bad = task.solve(task.wrong_value(scene, rng))
         rejected = {"reasoning": bad.reasoning, "answer": bad.answer}
-    elif kind == "looping":
-        rejected = {"reasoning": looping(worked, rng), "answer": worked.answer}
     else:
-        rejected = {"reasoning": language_mixed(worked), "answer": worked.answer}
+        rejected = {"reasoning": _defective(worked, rng, kind), "answer": worked.answer}
     return {"id": rec["id"] + "-dpo", "images": rec["images"], "question": rec["question"],
-            "chosen": {"reasoning": rec["reasoning"], "answer": rec["answer"]},
+            "chosen": {"reasoning": worked.reasoning, "answer": worked.answer},
             "rejected": rejected, "rejected_kind": kind, "task": rec["task"]}
 
 
@@ -73,6 +88,7 @@ def generate(cfg: SynthConfig, out: str | os.PathLike, *, progress: bool = True)
         seen: set = set()
         for split_no, split in enumerate(SPLITS):
             rng = random.Random(f"{cfg.seed}:{cfg.task}:{split}")
+            defect_rng = random.Random(f"{cfg.seed}:{cfg.task}:{split}:defects")
             (tmp / "images" / split).mkdir(parents=True, exist_ok=True)
             records, pairs = [], []
             bar = tqdm(range(getattr(cfg, split)), desc=f"synth {split}", disable=not progress,
@@ -88,16 +104,21 @@ def generate(cfg: SynthConfig, out: str | os.PathLike, *, progress: bool = True)
                 draw(scene, cfg.image_size).save(tmp / rel, optimize=False)
                 worked = task.solve(scene)
                 rec = _record(cfg.task, split, i, rel, worked, scene)
+                if split == "train" and cfg.defect_rate and defect_rng.random() < cfg.defect_rate:
+                    kind = DEFECTS[defect_rng.randrange(len(DEFECTS))]
+                    rec["reasoning"], rec["meta"]["defect"] = _defective(worked, defect_rng, kind), kind
                 records.append(rec)
                 if cfg.dpo and split != "test":
-                    pairs.append(_dpo_record(task, rec, scene, worked, rng, DPO_KINDS[i % len(DPO_KINDS)]))
+                    kind = cfg.dpo_kinds[i % len(cfg.dpo_kinds)]
+                    pairs.append(_dpo_record(task, rec, scene, worked, rng, kind))
             _write_jsonl(tmp / f"{split}.jsonl", records)
             counts[split] = len(records)
             if cfg.dpo and split != "test":
                 _write_jsonl(tmp / f"dpo_{split}.jsonl", pairs)
                 counts[f"dpo_{split}"] = len(pairs)
         manifest = {"task": cfg.task, "description": task.description, "seed": cfg.seed,
-                    "image_size": cfg.image_size, "counts": counts, "format": "native"}
+                    "image_size": cfg.image_size, "counts": counts, "format": "native",
+                    "defect_rate": cfg.defect_rate, "dpo_kinds": list(cfg.dpo_kinds)}
         write_json_atomic(tmp / "manifest.json", manifest)
     return manifest
 

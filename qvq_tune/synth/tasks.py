@@ -108,10 +108,14 @@ _ZH = {"The schematic shows": "示意图显示", "Each": "每个", "costs": "价
        "draws": "消耗", "is a": "是一个"}
 
 
+DEFECTS = ("looping", "language_mixed")
+LOOP_PHRASES = ("Wait, let me look again.", "Let me check once more.")
+
+
 def looping(worked: Worked, rng: random.Random) -> str:
     """A trace that circles back over its first observation before it answers."""
     first = worked.steps[0]
-    loop = [first, "Wait, let me look again.", first, "Let me check once more.", first]
+    loop = [first, LOOP_PHRASES[0], first, LOOP_PHRASES[1], first]
     return " ".join(loop + list(worked.steps[1:rng.randint(1, len(worked.steps))]))
 
 
@@ -120,6 +124,18 @@ def language_mixed(worked: Worked) -> str:
     for en, zh in _ZH.items():
         text = text.replace(en, zh)
     return text
+
+
+def taught_defects(reply: str) -> set[str]:
+    """Which of the defects these tasks teach a reply shows: a loop phrase, or any of the
+    Chinese phrases the language-mixed traces swap in (not the random characters a tiny
+    model may emit when sampled)."""
+    found = set()
+    if any(p in reply for p in LOOP_PHRASES):
+        found.add("looping")
+    if any(zh in reply for zh in _ZH.values()):
+        found.add("language_mixed")
+    return found
 
 
 def all_task_phrasebooks() -> list[str]:

@@ -71,7 +71,7 @@ class BaseRecipe:
         return recipe_from_dict({
             "name": "pretrain", "model": str(model_dir), "method": "full", "dtype": "float32",
             "output_dir": str(runs), "data": {"train": str(data_dir)},
-            "lora": {"include_vision": True},         # full: nothing frozen, vision tower included
+            "freeze": {"vision": False, "merger": False},   # full: every weight trains, vision tower included
             "optim": {"max_steps": self.steps, "per_device_batch_size": self.batch_size,
                       "lr": self.lr, "warmup_steps": self.warmup_steps, "scheduler": "cosine",
                       "min_lr_ratio": self.min_lr_ratio, "weight_decay": self.weight_decay,

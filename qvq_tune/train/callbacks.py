@@ -1,29 +1,70 @@
-"""Trainer callbacks: write every log line to the run folder's `metrics.jsonl` (rank 0)."""
+"""Trainer callbacks: per-step metrics, progress, checkpoints that are known complete, and
+the DPO collapse warning.
+
+- `MetricsJsonl`: every log line (loss, learning rate, grad norm; DPO's reward accuracy
+  and margin, chosen / rejected log-probs) plus tokens/s and peak memory, appended to the
+  run's `metrics.jsonl` (rank 0). On resume it keeps the lines up to the checkpoint's step
+  and drops the ones a killed run logged after it.
+- `Progress`: the progress bar with the latest loss as its postfix, instead of printing
+  raw metric dicts.
+- `MarkComplete`: after a checkpoint is saved on every rank, writes a marker into it; a
+  checkpoint without one (a kill during the save) is never resumed from.
+- `ChosenLogpWatch` (DPO): warns when the chosen reply's log-probability falls far below
+  where it started, the sign of a collapse that reward accuracy does not show.
+"""
 
 from __future__ import annotations
 
 import json
+import resource
+import sys
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
+
+from ..run_folder import COMPLETE_MARKER
+
+
+def peak_memory_mib() -> dict:
+    """Peak resident memory of this process (and, on GPU, peak allocated / reserved)."""
+    import torch
+    out = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        out["peak_gpu_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+        out["peak_gpu_reserved_mib"] = round(torch.cuda.max_memory_reserved() / 2 ** 20, 1)
+    return out
 
 
 class MetricsJsonl(TrainerCallback):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._t0 = time.time()
+        self._last = (time.time(), None)        # (time, cumulative tokens) at the previous log
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("")
-            self._t0 = time.time()
+        self._t0 = time.time()
+        self._last = (self._t0, None)
+        if not state.is_world_process_zero:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= state.global_step] \
+            if state.global_step else []
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        row = {"step": state.global_step, "elapsed_s": round(time.time() - self._t0, 2), **logs}
+        now = time.time()
+        row = {"step": state.global_step, "elapsed_s": round(now - self._t0, 2), **logs}
+        tokens = logs.get("num_tokens")
+        last_time, last_tokens = self._last
+        if tokens is not None and last_tokens is not None and now > last_time:
+            row["tokens_per_s"] = round((tokens - last_tokens) / (now - last_time), 1)
+        if tokens is not None:
+            self._last = (now, tokens)
+        row.update(peak_memory_mib())
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
 
@@ -33,3 +74,46 @@ def read_metrics(path: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Progress(ProgressCallback):
+    """transformers' progress bar, showing the loss as a postfix rather than printing dicts."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            shown = {k: f"{v:.4g}" for k, v in logs.items()
+                     if k in ("loss", "eval_loss", "rewards/accuracies", "rewards/margins") and isinstance(v, float)}
+            if shown:
+                self.training_bar.set_postfix(shown, refresh=False)
+
+
+class MarkComplete(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        from accelerate import PartialState
+        PartialState().wait_for_everyone()          # every rank has written its part
+        if state.is_world_process_zero:
+            from ..paths import write_json_atomic
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                write_json_atomic(folder / COMPLETE_MARKER, {"step": state.global_step})
+        PartialState().wait_for_everyone()
+
+
+class ChosenLogpWatch(TrainerCallback):
+    def __init__(self, drop: float):
+        self.drop = drop
+        self.start: float | None = None
+        self.warned = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        value = (logs or {}).get("logps/chosen")
+        if value is None or not state.is_world_process_zero:
+            return
+        if self.start is None:
+            self.start = value
+        elif not self.warned and value < self.start - self.drop:
+            self.warned = True
+            print(f"qvq-tune: warning: the chosen replies' log-probability fell from {self.start:.2f} to "
+                  f"{value:.2f} at step {state.global_step}: DPO may be pushing every reply down (collapse). "
+                  "Try cutting pairs at their divergence point (data build --pair-cut), a smaller learning "
+                  "rate, a larger dpo.beta, or dpo.sft_weight > 0.", file=sys.stderr, flush=True)

@@ -20,15 +20,18 @@ import yaml
 from .. import presets
 from ..errors import UserError
 
-Objective = Literal["sft"]
+Objective = Literal["sft", "dpo"]
 Method = Literal["qlora", "lora", "full"]
 DType = Literal["float32", "bfloat16", "float16"]
+DpoLoss = Literal["sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero",
+                  "apo_down", "sigmoid_norm"]
 
 
 @dataclass
 class DataConfig:
-    train: str = ""                       # a dataset folder written by `qvq-tune data build`
-    eval: str | None = None
+    train: str = ""                       # a folder written by `qvq-tune data build` (or its dataset/ / preference/)
+    eval: str | None = None               # the same, for validation loss during training
+    shuffle: bool = True                  # False: samples in dataset order (e.g. a curriculum)
 
 
 @dataclass
@@ -36,11 +39,27 @@ class LoraConfig:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.0
-    include_vision: bool = False          # also adapt the vision tower and merger
+    targets: list[str] | str | None = None  # leaf names in the language model, or one regex; default: the family's
+    vision: bool = False                  # LoRA on the vision tower's linear layers too
+    merger: bool = False                  # LoRA on the vision-language merger too
+    modules_to_save: list[str] = field(default_factory=list)  # trained fully, saved with the adapter
+    dora: bool = False                    # weight-decomposed LoRA
+    rslora: bool = False                  # rank-stabilised scaling (alpha / sqrt(r))
 
     def __post_init__(self):
         if self.r <= 0:
             raise ValueError("lora.r must be positive")
+        if isinstance(self.targets, list) and not self.targets:
+            raise ValueError("lora.targets must name at least one module (or be left out)")
+
+
+@dataclass
+class FreezeConfig:
+    """Which parts stay frozen. Full fine-tuning trains what is not frozen; with LoRA, an
+    unfrozen vision tower or merger is trained fully beside the adapter (modules_to_save)."""
+    vision: bool = True
+    merger: bool = True
+    language_model: bool = False          # full fine-tuning only: train just the vision side
 
 
 @dataclass
@@ -54,7 +73,9 @@ class OptimConfig:
     max_steps: int = 400
     per_device_batch_size: int = 16
     grad_accum: int = 1
-    lr: float = 2e-3
+    lr: float = 2e-3                      # the language model's (and the adapter's)
+    vision_lr: float | None = None        # default: lr
+    merger_lr: float | None = None        # default: lr
     warmup_steps: int = 30
     scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
     min_lr_ratio: float = 0.0             # cosine only: decay to this fraction of lr, not to 0
@@ -64,14 +85,23 @@ class OptimConfig:
     gradient_checkpointing: bool = False
     seed: int = 0
     logging_steps: int = 10
-    save_steps: int = 0                   # 0: only the final adapter
+    save_steps: int = 0                   # 0: only the final adapter; >0: resumable checkpoints
+    save_total_limit: int | None = None   # keep at most this many checkpoints (the best is kept too)
+    eval_steps: int = 0                   # >0 with data.eval: validation loss every N steps
+    keep_best: bool = True                # with eval_steps: end with the checkpoint of lowest eval loss
 
     def __post_init__(self):
-        for key in ("max_steps", "per_device_batch_size", "grad_accum"):
+        for key in ("max_steps", "per_device_batch_size", "grad_accum", "logging_steps"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"optim.{key} must be positive")
-        if self.lr <= 0:
-            raise ValueError("optim.lr must be positive")
+        for key in ("lr", "vision_lr", "merger_lr"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ValueError(f"optim.{key} must be positive")
+        for key in ("save_steps", "eval_steps", "warmup_steps"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"optim.{key} must be >= 0")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ValueError("optim.save_total_limit must be >= 1")
         if not 0 <= self.min_lr_ratio < 1:
             raise ValueError("optim.min_lr_ratio must be in [0, 1)")
         if self.min_lr_ratio and self.scheduler != "cosine":
@@ -79,8 +109,34 @@ class OptimConfig:
 
 
 @dataclass
+class LossConfig:
+    """Per-token loss weights by span (the builder marks reasoning and final-answer tokens)."""
+    reasoning_weight: float = 1.0
+    answer_weight: float = 1.0
+
+    def __post_init__(self):
+        if self.reasoning_weight < 0 or self.answer_weight < 0:
+            raise ValueError("loss weights must be >= 0")
+
+
+@dataclass
+class DpoConfig:
+    beta: float = 0.1
+    loss_type: DpoLoss = "sigmoid"
+    sft_weight: float = 0.0               # > 0 adds an SFT (NLL) term on the chosen reply
+    start_adapter: str | None = None      # an SFT adapter (or run folder) to start from; None: a new adapter
+    chosen_logp_drop_warning: float = 10.0  # warn when chosen log-prob falls this far below its start
+
+    def __post_init__(self):
+        if self.beta <= 0:
+            raise ValueError("dpo.beta must be positive")
+        if self.sft_weight < 0:
+            raise ValueError("dpo.sft_weight must be >= 0")
+
+
+@dataclass
 class LaunchConfig:
-    accelerate_config: str = "single"     # a preset in accelerate_configs/ or a path
+    accelerate_config: str = "single"     # a packaged preset (accelerate_configs/) or a path
     num_processes: int = 1
 
 
@@ -88,14 +144,17 @@ class LaunchConfig:
 class Recipe:
     name: str = "run"
     objective: Objective = "sft"
-    model: str = "tiny"                   # a checkpoint folder, or "tiny" (the embedded base)
+    model: str = "tiny"                   # a checkpoint folder, "tiny" (the embedded base) or a family name
     method: Method = "qlora"
     dtype: DType = "float32"
     output_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     report_to: Literal["none", "wandb", "tensorboard"] = "none"
 
@@ -104,6 +163,22 @@ class Recipe:
             raise ValueError("data.train is required (a folder written by `qvq-tune data build`)")
         if self.launch.num_processes < 1:
             raise ValueError("launch.num_processes must be >= 1")
+        if self.objective == "dpo" and self.method == "full":
+            raise ValueError("objective dpo needs method lora or qlora: the reference model is the starting "
+                             "policy with its adapter frozen or disabled, never a second full copy of the weights")
+        if self.objective == "dpo" and (self.loss.reasoning_weight != 1 or self.loss.answer_weight != 1):
+            raise ValueError("loss.reasoning_weight / loss.answer_weight apply to objective sft only")
+        if self.method == "full" and self.freeze.vision and self.freeze.merger and self.freeze.language_model:
+            raise ValueError("freeze: every part is frozen, nothing would train")
+        if self.method != "full" and self.freeze.language_model is not False:
+            raise ValueError("freeze.language_model applies to method full (LoRA keeps the base frozen)")
+        if self.optim.eval_steps and not self.data.eval:
+            raise ValueError("optim.eval_steps needs data.eval")
+        if self.optim.keep_best and self.optim.eval_steps and self.optim.save_steps \
+                and self.optim.save_steps % self.optim.eval_steps:
+            raise ValueError("optim.save_steps must be a multiple of optim.eval_steps to keep the best checkpoint")
+        if self.dpo.start_adapter is not None and self.objective != "dpo":
+            raise ValueError("dpo.start_adapter applies to objective dpo")
 
     @property
     def run_dir(self) -> Path:
@@ -113,12 +188,63 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
+# Names users reach for that live elsewhere in the recipe: `learning_rate` -> `optim.lr`.
+ALIASES = {"learning_rate": "optim.lr", "lr": "optim.lr", "batch_size": "optim.per_device_batch_size",
+           "per_device_train_batch_size": "optim.per_device_batch_size", "steps": "optim.max_steps",
+           "max_steps": "optim.max_steps", "gradient_accumulation_steps": "optim.grad_accum",
+           "warmup": "optim.warmup_steps", "warmup_steps": "optim.warmup_steps", "seed": "optim.seed",
+           "lora_r": "lora.r", "rank": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
+           "target_modules": "lora.targets", "beta": "dpo.beta", "loss_type": "dpo.loss_type",
+           "train_dataset": "data.train", "dataset": "data.train", "eval_dataset": "data.eval",
+           "model_name_or_path": "model", "num_processes": "launch.num_processes",
+           "accelerate_config": "launch.accelerate_config", "deepspeed": "launch.accelerate_config",
+           "bf16": "dtype", "quantization": "quant.type", "double_quant": "quant.double_quant"}
+
+
+def all_keys(cls=None, prefix: str = "") -> list[str]:
+    """Every dotted key a recipe may hold."""
+    cls = cls or Recipe
+    hints, out = typing.get_type_hints(cls), []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += all_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def nearest_key(key: str) -> str | None:
+    """The valid dotted key a misspelt one most likely meant."""
+    import difflib
+    leaf = key.rsplit(".", 1)[-1]
+    valid = all_keys()
+    by_leaf = {k.rsplit(".", 1)[-1]: k for k in valid}
+    for name, table in ((key, {k: k for k in valid}), (leaf, ALIASES), (leaf, by_leaf)):
+        hit = difflib.get_close_matches(name, list(table), n=1, cutoff=0.75)
+        if hit:
+            return table[hit[0]]
+    return None
+
+
+class RecipeValueError(ValueError):
+    """A bad recipe value; `key` is the dotted key at fault (None: the recipe as a whole)."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
 def _check_type(value, tp, key: str):
     origin = typing.get_origin(tp)
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ValueError(f"{key} must be one of {list(typing.get_args(tp))}, got {value!r}")
+            raise RecipeValueError(f"{key} must be one of {list(typing.get_args(tp))}, got {value!r}", key)
         return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise RecipeValueError(f"{key} must be a list, got {type(value).__name__} {value!r}", key)
+        return [_check_type(v, item, key) for v in value]
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -130,23 +256,28 @@ def _check_type(value, tp, key: str):
                 return _check_type(value, a, key)
             except ValueError:
                 pass
-        raise ValueError(f"{key} has the wrong type ({type(value).__name__})")
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in args)
+        raise RecipeValueError(f"{key} must be {names}, got {type(value).__name__} {value!r}", key)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp is int and isinstance(value, bool) or (isinstance(tp, type) and not isinstance(value, tp)):
-        raise ValueError(f"{key} must be {getattr(tp, '__name__', tp)}, got {type(value).__name__} {value!r}")
+        raise RecipeValueError(f"{key} must be {getattr(tp, '__name__', tp)}, got {type(value).__name__} {value!r}",
+                               key)
     return value
 
 
 def from_dict(cls, data: dict, prefix: str = ""):
     """Build dataclass `cls` from a dict, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):
-        raise ValueError(f"{prefix or 'recipe'} must be a mapping")
+        raise RecipeValueError(f"{prefix.rstrip('.') or 'the recipe'} must be a mapping", prefix.rstrip(".") or None)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(map(str, data)) - names)
     if unknown:
-        raise ValueError(f"unknown key {prefix}{unknown[0]} (allowed: {', '.join(sorted(names))})")
+        key = prefix + unknown[0]
+        hint = nearest_key(key)
+        raise RecipeValueError(f"unknown key {key}" + (f" (did you mean {hint}?)" if hint else
+                                                       f" (allowed here: {', '.join(sorted(names))})"), key)
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
@@ -158,8 +289,18 @@ def from_dict(cls, data: dict, prefix: str = ""):
             kwargs[f.name] = _check_type(value, tp, prefix + f.name)
     try:
         return cls(**kwargs)
-    except ValueError as exc:
-        raise ValueError(str(exc)) from None
+    except RecipeValueError:
+        raise
+    except ValueError as exc:      # a __post_init__ check; its message names the key
+        raise RecipeValueError(str(exc), _named_key(str(exc), prefix)) from None
+
+
+def _named_key(message: str, prefix: str) -> str | None:
+    """The first dotted recipe key a validation message mentions."""
+    for word in message.replace(",", " ").replace(":", " ").split():
+        if word in _KEYS or (prefix + word) in _KEYS:
+            return word if word in _KEYS else prefix + word
+    return None
 
 
 def recipe_path(name_or_path: str | Path) -> Path:
@@ -175,9 +316,11 @@ def recipe_path(name_or_path: str | Path) -> Path:
 
 
 def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
+    """Read and validate a recipe; `overrides` ({"optim.lr": 1e-4}) are applied first."""
     path = recipe_path(path)
+    text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise UserError(f"not valid YAML: {getattr(exc, 'problem', exc)}", path=str(path),
@@ -188,11 +331,31 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return recipe_from_dict(data, where=str(path))
+    return recipe_from_dict(data, where=str(path), lines=key_lines(text))
 
 
-def recipe_from_dict(data: dict, where: str = "<recipe>") -> Recipe:
+def key_lines(text: str) -> dict[str, int]:
+    """1-based line of every dotted key in a YAML mapping."""
+    out: dict[str, int] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = f"{prefix}{k.value}"
+                out[key] = k.start_mark.line + 1
+                walk(v, key + ".")
+    try:
+        walk(yaml.compose(text), "")
+    except yaml.YAMLError:
+        pass
+    return out
+
+
+def recipe_from_dict(data: dict, where: str = "<recipe>", lines: dict[str, int] | None = None) -> Recipe:
     try:
         return from_dict(Recipe, data)
-    except ValueError as exc:
-        raise UserError(str(exc), path=where) from None
+    except RecipeValueError as exc:
+        raise UserError(str(exc), path=where, line=(lines or {}).get(exc.key or ""), key=exc.key) from None
+
+
+_KEYS = set(all_keys())

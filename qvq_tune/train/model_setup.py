@@ -1,11 +1,16 @@
 """Build the model a recipe trains: 4-bit + LoRA (QLoRA), LoRA, or full fine-tuning.
 
 The family registry says which modules are the language model, the vision tower and
-the merger; LoRA goes on the language model's projections (optionally the vision side
-too); everything else stays frozen. Only public PEFT / transformers APIs are used.
+the merger. LoRA goes on the language model's projections (or the recipe's own
+targets), optionally on the vision tower and the merger; an unfrozen vision tower or
+merger trains fully beside the adapter. Everything is seeded from the recipe before any
+weight is created, so two runs with one seed start from the same adapter. Only public
+PEFT / transformers APIs are used.
 """
 
 from __future__ import annotations
+
+import torch
 
 from ..models.loading import load_model
 from ..models.registry import ModelFamily
@@ -18,36 +23,76 @@ def freeze_prefixes(model, prefixes: tuple[str, ...]) -> None:
             param.requires_grad_(False)
 
 
-def build_model(recipe: Recipe, family: ModelFamily, model_dir: str):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def frozen_prefixes(recipe: Recipe, family: ModelFamily) -> tuple[str, ...]:
+    """Module prefixes that full fine-tuning keeps frozen."""
+    parts = {"vision": family.vision_prefixes, "merger": family.merger_prefixes,
+             "language_model": (family.language_model_prefix, "lm_head")}
+    return tuple(p for part, prefixes in parts.items() if getattr(recipe.freeze, part) for p in prefixes)
 
+
+def lora_config(recipe: Recipe, family: ModelFamily):
+    from peft import LoraConfig
+    lo = recipe.lora
+    fully_trained = list(lo.modules_to_save)
+    if not recipe.freeze.vision:
+        fully_trained += family.vision_prefixes
+    if not recipe.freeze.merger:
+        fully_trained += family.merger_prefixes
+    return LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
+                      target_modules=family.lora_target_regex(lo.targets, vision=lo.vision, merger=lo.merger),
+                      modules_to_save=fully_trained or None, use_dora=lo.dora, use_rslora=lo.rslora,
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def build_model(recipe: Recipe, family: ModelFamily, model_dir: str, *, adapter: str | None = None):
+    """The model to train; `adapter` (a PEFT folder) is loaded trainable instead of a new one."""
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
+
+    set_seed(recipe.optim.seed)          # before any weight (LoRA init included) is created
     quantized = recipe.method == "qlora"
     model = load_model(model_dir, dtype=recipe.dtype, load_in_4bit=quantized, quant_type=recipe.quant.type,
                        double_quant=recipe.quant.double_quant)
     model.config.use_cache = False
+    checkpointing = {"use_reentrant": False}
     if recipe.method == "full":
-        if not recipe.lora.include_vision:
-            freeze_prefixes(model, family.vision_prefixes + family.merger_prefixes)
+        freeze_prefixes(model, frozen_prefixes(recipe, family))
         if recipe.optim.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
         return model
     if quantized:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=recipe.optim.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+            gradient_checkpointing_kwargs=checkpointing)
     elif recipe.optim.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
         model.enable_input_require_grads()
-    lora = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
-                      target_modules=family.lora_target_regex(recipe.lora.include_vision),
-                      bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    if adapter is not None:
+        return PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    return get_peft_model(model, lora_config(recipe, family))
+
+
+def optimizer_groups(model, recipe: Recipe, family: ModelFamily) -> list[dict] | None:
+    """AdamW parameter groups with the recipe's per-part learning rates (vision tower,
+    merger, language model; no weight decay on biases and norms), or None when all parts
+    share `optim.lr`."""
+    o = recipe.optim
+    lrs = {"language_model": o.lr, "vision": o.vision_lr or o.lr, "merger": o.merger_lr or o.lr}
+    if o.vision_lr is None and o.merger_lr is None:
+        return None
+    groups: dict[tuple[str, bool], list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault((family.part_of(name), param.ndim >= 2), []).append(param)
+    return [{"params": params, "lr": lrs[part], "weight_decay": o.weight_decay if decay else 0.0}
+            for (part, decay), params in sorted(groups.items())]
 
 
 def trainable_summary(model) -> dict:
     total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
-    return {"trainable_parameters": trainable, "total_parameters": total}
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad})
+    return {"trainable_parameters": trainable, "total_parameters": total, "trainable_dtypes": dtypes}
 
 
 def zero3_partition(model) -> dict | None:
@@ -58,3 +103,22 @@ def zero3_partition(model) -> dict | None:
     return {"full_numel": int(sum(p.ds_numel for p in params)),
             "local_numel": int(sum(p.ds_tensor.numel() for p in params)),
             "partitioned_tensors": sum(1 for p in params if p.ds_tensor.numel() < p.ds_numel)}
+
+
+def keep_trainable_dtype(model, dtype: str) -> None:
+    """Put trainable weights back in the recipe's compute dtype. (TRL's trainers cast a
+    quantised model's adapters to bf16, which a CPU without native bf16 runs 15-46x slower.)"""
+    from ..models.loading import DTYPES
+    target = DTYPES[dtype]
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != target:
+            param.data = param.data.to(target)
+
+
+def adamw(model, recipe: Recipe, family: ModelFamily):
+    """The optimizer transformers' `adamw_torch` would build, with per-part learning rates;
+    None (let the trainer build it) when every part uses `optim.lr`."""
+    groups = optimizer_groups(model, recipe, family)
+    if groups is None:
+        return None
+    return torch.optim.AdamW(groups, lr=recipe.optim.lr, betas=(0.9, recipe.optim.adam_beta2), eps=1e-8)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from contextlib import nullcontext
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="qvq-tune training worker (started by `qvq-tune train`)")
     parser.add_argument("--run", required=True, help="run folder written by train.run.train")
+    parser.add_argument("--resume-from", help="a complete checkpoint of this run to continue from")
     args = parser.parse_args(argv)
     from ..logs import quiet_third_party
     from ..run_folder import RECIPE, RunFolder
@@ -18,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_third_party()
     run = RunFolder(args.run)
     recipe = load_recipe(run.file(RECIPE))
-    report = objectives()[recipe.objective](recipe, run)
+    with run.lock() if os.environ.get("RANK", "0") == "0" else nullcontext():
+        report = objectives()[recipe.objective](recipe, run, args.resume_from)
     if report:
         print(json.dumps(report))
     return 0

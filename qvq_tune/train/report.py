@@ -1,0 +1,89 @@
+"""The end of a run: `train_report.json` and the loss-curve PNG, from the trainer's state
+and the run's `metrics.jsonl` (rank 0 only)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..paths import atomic_file, write_json_atomic
+from ..run_folder import METRICS, PLOT, TRAIN_REPORT, RunFolder
+from .callbacks import peak_memory_mib, read_metrics
+from .config import Recipe
+from .model_setup import trainable_summary, zero3_partition
+
+DPO_KEYS = ("rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
+
+
+def _series(rows: list[dict], key: str) -> list[float]:
+    return [r[key] for r in rows if key in r]
+
+
+def finish(trainer, result, recipe: Recipe, run: RunFolder, processor, **report_kwargs) -> dict:
+    """Save the adapter (or full weights) with the processor, then the report and plot."""
+    trainer.save_model(str(run.adapter))
+    if not trainer.is_world_process_zero():
+        return {}
+    processor.save_pretrained(str(run.adapter))
+    return write_report(trainer, result, recipe, run, **report_kwargs)
+
+
+def write_report(trainer, result, recipe: Recipe, run: RunFolder, *, samples: int, started: float,
+                 resumed_from: str | None) -> dict:
+    rows = read_metrics(run.file(METRICS))
+    losses, evals, speeds = _series(rows, "loss"), _series(rows, "eval_loss"), _series(rows, "tokens_per_s")
+    report = {
+        "objective": recipe.objective, "method": recipe.method, "world_size": trainer.args.world_size,
+        "steps": result.global_step, "samples": samples,
+        "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None,
+        "train_loss_mean": result.training_loss,
+        "eval_loss_best": min(evals) if evals else None,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "tokens_per_s": round(sum(speeds) / len(speeds), 1) if speeds else None,
+        "wall_seconds": round(time.time() - started, 1), "train_runtime_s": result.metrics.get("train_runtime"),
+        "resumed_from": resumed_from, "adapter": str(run.adapter),
+        **trainable_summary(trainer.model), **peak_memory_mib(),
+        "zero3_partition": zero3_partition(trainer.model_wrapped),
+    }
+    for key in DPO_KEYS:
+        values = _series(rows, key)
+        if values:
+            name = key.replace("/", "_")
+            report[f"{name}_first"], report[f"{name}_last"] = values[0], values[-1]
+    write_json_atomic(run.file(TRAIN_REPORT), report)
+    plot_losses(rows, run.file(PLOT), f"{recipe.name}: {recipe.objective} ({recipe.method})")
+    return report
+
+
+def plot_losses(rows: list[dict], out_png: str | Path, title: str) -> None:
+    """Training (and validation) loss by step; for DPO also the reward margin and the
+    chosen / rejected log-probabilities."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dpo = any("rewards/margins" in r for r in rows)
+    fig, axes = plt.subplots(1, 2 if dpo else 1, figsize=(10 if dpo else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    for key, style in (("loss", "-"), ("eval_loss", "o--")):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            ax.plot(*zip(*pts), style, label=key.replace("_", " "))
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    if dpo:
+        ax2 = axes[0][1]
+        for key in ("rewards/margins", "logps/chosen", "logps/rejected"):
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            if pts:
+                ax2.plot(*zip(*pts), label=key)
+        ax2.set_xlabel("step")
+        ax2.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    try:
+        with atomic_file(out_png) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,68 @@
+"""What every objective's trainer shares: TrainingArguments from the recipe, and the
+callbacks and hooks each trainer gets (metrics, progress, complete-checkpoint markers,
+the vision tower kept in every step)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..run_folder import CHECKPOINTS, METRICS, RunFolder
+from .callbacks import MarkComplete, MetricsJsonl, Progress
+from .config import Recipe
+
+
+def save_steps(recipe: Recipe) -> int:
+    """Checkpoint cadence: the recipe's, or every evaluation when the best one is kept."""
+    o = recipe.optim
+    if o.save_steps:
+        return o.save_steps
+    return o.eval_steps if o.eval_steps and o.keep_best else 0
+
+
+def common_args(recipe: Recipe, run: RunFolder) -> dict:
+    """Keyword arguments of transformers' TrainingArguments (shared by SFTConfig and DPOConfig)."""
+    o = recipe.optim
+    scheduler, scheduler_kwargs = o.scheduler, None
+    if o.min_lr_ratio:
+        scheduler, scheduler_kwargs = "cosine_with_min_lr", {"min_lr_rate": o.min_lr_ratio}
+    logger_dirs(run)
+    saving = save_steps(recipe)
+    evaluating = bool(o.eval_steps and recipe.data.eval)
+    return dict(
+        output_dir=str(run.path / CHECKPOINTS), max_steps=o.max_steps,
+        per_device_train_batch_size=o.per_device_batch_size, per_device_eval_batch_size=o.per_device_batch_size,
+        gradient_accumulation_steps=o.grad_accum, learning_rate=o.lr, lr_scheduler_type=scheduler,
+        lr_scheduler_kwargs=scheduler_kwargs, warmup_steps=o.warmup_steps, weight_decay=o.weight_decay,
+        adam_beta2=o.adam_beta2, max_grad_norm=o.max_grad_norm, optim="adamw_torch", seed=o.seed,
+        data_seed=o.seed, logging_steps=o.logging_steps,
+        train_sampling_strategy="random" if recipe.data.shuffle else "sequential",
+        # Resumable checkpoints carry optimizer, scheduler and RNG state; without them only weights.
+        save_strategy="steps" if saving else "no", save_steps=saving or 500, save_only_model=not saving,
+        save_total_limit=o.save_total_limit,
+        eval_strategy="steps" if evaluating else "no", eval_steps=o.eval_steps or None,
+        prediction_loss_only=True,
+        load_best_model_at_end=evaluating and o.keep_best, metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        bf16=recipe.dtype == "bfloat16", fp16=recipe.dtype == "float16",
+        use_cpu=not torch.cuda.is_available(), report_to=recipe.report_to,
+        gradient_checkpointing=o.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if o.gradient_checkpointing else None,
+        remove_unused_columns=False, dataloader_num_workers=0, ddp_find_unused_parameters=False,
+        run_name=recipe.name, disable_tqdm=False,
+    )
+
+
+def logger_dirs(run: RunFolder) -> None:
+    """wandb (offline unless WANDB_MODE says otherwise) and tensorboard write into the run folder."""
+    os.environ["WANDB_DIR"] = str(run.path)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.path / "tensorboard")
+
+
+def attach(trainer, run: RunFolder, *extra) -> None:
+    """Our callbacks in place of transformers' dict-printing progress bar."""
+    trainer.remove_callback(Progress.__mro__[1])
+    for callback in (Progress(), MetricsJsonl(run.file(METRICS)), MarkComplete(), *extra):
+        trainer.add_callback(callback)

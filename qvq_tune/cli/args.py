@@ -15,7 +15,9 @@ import typing
 
 
 def _scalar(tp):
-    """int / float / str of a field type such as `int | None`."""
+    """int / float / str of a field type such as `int | None` or `Literal[0, 2, 3]`."""
+    if typing.get_origin(tp) is typing.Literal:
+        return type(typing.get_args(tp)[0])
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return args[0] if len(args) == 1 else str
@@ -33,6 +35,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
             kwargs["action"] = "store_false" if f.default else "store_true"
         else:
             kwargs["type"] = str if "parse" in meta else _scalar(tp)
+            if typing.get_origin(tp) is typing.Literal:
+                kwargs["choices"] = list(typing.get_args(tp))
             for key in ("choices", "metavar"):
                 if key in meta:
                     kwargs[key] = meta[key]

@@ -18,12 +18,13 @@ from .vision import PixelCache
 
 class VisionCollator:
     def __init__(self, processor, *, padding_side: str = "right", pad_to_multiple_of: int | None = None,
-                 cache_bytes: int = 1 << 30):
+                 cache_bytes: int = 1 << 30, cache_dir: str | None = None, packing: bool = False):
         self.processor = processor
+        self.packing = packing          # all samples in one row, no padding (see train/packing.py)
         self.pad_id = processor.tokenizer.pad_token_id
         self.padding_side = padding_side
         self.pad_to_multiple_of = pad_to_multiple_of
-        self.pixels = PixelCache(processor.image_processor, cache_bytes)
+        self.pixels = PixelCache(processor.image_processor, cache_bytes, cache_dir)
 
     def _pad(self, seqs: list[list[int]], value: int) -> torch.Tensor:
         longest = max(len(s) for s in seqs)
@@ -60,7 +61,20 @@ class VisionCollator:
     def mm_token_type_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(self.processor.create_mm_token_type_ids(input_ids.tolist()), dtype=torch.long)
 
+    def packed(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        """One row: the samples back to back, text positions restarting at 0 for each."""
+        ids = torch.as_tensor([t for s in samples for t in s["input_ids"]], dtype=torch.long).unsqueeze(0)
+        batch = {"input_ids": ids,
+                 "position_ids": torch.cat([torch.arange(len(s["input_ids"])) for s in samples]).unsqueeze(0)}
+        if "labels" in samples[0]:
+            batch["labels"] = torch.as_tensor([t for s in samples for t in s["labels"]], dtype=torch.long).unsqueeze(0)
+        batch.update(self.media(samples))
+        batch["mm_token_type_ids"] = self.mm_token_type_ids(ids)
+        return batch
+
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        if self.packing:
+            return self.packed(samples)
         ids = [s["input_ids"] for s in samples]
         batch = {
             "input_ids": self._pad(ids, self.pad_id),

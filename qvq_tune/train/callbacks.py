@@ -2,8 +2,9 @@
 the DPO collapse warning.
 
 - `MetricsJsonl`: every log line (loss, learning rate, grad norm; DPO's reward accuracy
-  and margin, chosen / rejected log-probs) plus tokens/s and peak memory, appended to the
-  run's `metrics.jsonl` (rank 0). On resume it keeps the lines up to the checkpoint's step
+  and margin, chosen / rejected log-probs) plus non-padding tokens/s, samples/s, padding
+  share (all ranks together), MFU on known GPUs and peak memory, appended to the run's
+  `metrics.jsonl` (rank 0). On resume it keeps the lines up to the checkpoint's step
   and drops the ones a killed run logged after it.
 - `Progress`: the progress bar with the latest loss as its postfix, instead of printing
   raw metric dicts.
@@ -38,14 +39,16 @@ def peak_memory_mib() -> dict:
 
 
 class MetricsJsonl(TrainerCallback):
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, stats=None, flops_per_token: float | None = None):
         self.path = Path(path)
-        self._t0 = time.time()
-        self._last = (time.time(), None)        # (time, cumulative tokens) at the previous log
+        self.stats = stats                      # a BatchStats fed by the model's forward hook
+        self.flops_per_token = flops_per_token  # for MFU on GPUs whose peak is known
+        self._t0 = self._last = time.time()
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._t0 = time.time()
-        self._last = (self._t0, None)
+        self._t0 = self._last = time.time()
+        if self.stats is not None:
+            self.stats.take()                   # nothing before the first step counts
         if not state.is_world_process_zero:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,19 +57,37 @@ class MetricsJsonl(TrainerCallback):
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        now = time.time()
+        counts = self.stats.take() if self.stats is not None and logs and "loss" in logs else None
         if not state.is_world_process_zero or not logs:
             return
-        now = time.time()
         row = {"step": state.global_step, "elapsed_s": round(now - self._t0, 2), **logs}
-        tokens = logs.get("num_tokens")
-        last_time, last_tokens = self._last
-        if tokens is not None and last_tokens is not None and now > last_time:
-            row["tokens_per_s"] = round((tokens - last_tokens) / (now - last_time), 1)
-        if tokens is not None:
-            self._last = (now, tokens)
+        if counts and counts["positions"] and now > self._last:
+            seconds = now - self._last
+            row.update(tokens_per_s=round(counts["tokens"] / seconds, 1),
+                       samples_per_s=round(counts["samples"] / seconds, 2),
+                       padding_share=round(1 - counts["tokens"] / counts["positions"], 4))
+            mfu = model_flops_utilisation(row["tokens_per_s"], self.flops_per_token, args.world_size)
+            if mfu is not None:
+                row["mfu"] = round(mfu, 4)
+        if counts is not None:
+            self._last = now
         row.update(peak_memory_mib())
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
+
+
+# Dense bf16 peak per GPU, from the vendors' datasheets (H200 shares the H100 SXM's compute).
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+
+
+def model_flops_utilisation(tokens_per_s: float, flops_per_token: float | None, world_size: int) -> float | None:
+    import torch
+    if not flops_per_token or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    return tokens_per_s * flops_per_token / (peak * world_size) if peak else None
 
 
 def read_metrics(path: str | Path) -> list[dict]:

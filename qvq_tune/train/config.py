@@ -32,6 +32,10 @@ class DataConfig:
     train: str = ""                       # a folder written by `qvq-tune data build` (or its dataset/ / preference/)
     eval: str | None = None               # the same, for validation loss during training
     shuffle: bool = True                  # False: samples in dataset order (e.g. a curriculum)
+    packing: bool = False                 # SFT: each micro-batch's samples in one row, no padding
+    workers: int = 0                      # data-loading worker processes (0: in the training process)
+    pixel_cache: Literal["auto", "memory", "disk", "off"] = "auto"  # auto: in memory when images come back
+    pixel_cache_mb: int = 1024            # memory bound of the pixel cache, per data-loading process
 
 
 @dataclass
@@ -177,6 +181,11 @@ class Recipe:
         if self.optim.keep_best and self.optim.eval_steps and self.optim.save_steps \
                 and self.optim.save_steps % self.optim.eval_steps:
             raise ValueError("optim.save_steps must be a multiple of optim.eval_steps to keep the best checkpoint")
+        if self.data.packing and self.objective == "dpo":
+            raise ValueError("data.packing applies to objective sft: TRL's DPOTrainer scores one sequence per "
+                             "row (its own padding-free mode is disabled in TRL 1.16)")
+        if self.data.workers < 0:
+            raise ValueError("data.workers must be >= 0")
         if self.dpo.start_adapter is not None and self.objective != "dpo":
             raise ValueError("dpo.start_adapter applies to objective dpo")
 

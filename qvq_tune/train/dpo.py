@@ -27,7 +27,7 @@ from .mixed_batches import keep_vision_tower_in_step
 from .model_setup import adamw, build_model, keep_trainable_dtype
 from .report import finish
 from .sft import datasets
-from .trainer_args import attach, common_args
+from .trainer_args import attach, common_args, pixel_cache
 
 
 def start_adapter(path: str | None) -> str | None:
@@ -57,11 +57,14 @@ def run_dpo(recipe: Recipe, run: RunFolder, resume_from: str | None = None) -> d
     train_ds, eval_ds = datasets(recipe, "preference")
     model = build_model(recipe, family, recipe.model, adapter=start_adapter(recipe.dpo.start_adapter))
     keep_vision_tower_in_step(model, family)
-    trainer = DPOTrainer(model=model, ref_model=None, args=dpo_config(recipe, run), train_dataset=train_ds,
-                         eval_dataset=eval_ds, data_collator=VisionPreferenceCollator(processor),
+    args = dpo_config(recipe, run)
+    collator = VisionPreferenceCollator(
+        processor, **pixel_cache(recipe, len(train_ds), args.world_size, processor.image_processor))
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds,
+                         eval_dataset=eval_ds, data_collator=collator,
                          processing_class=processor, optimizers=(adamw(model, recipe, family), None))
     keep_trainable_dtype(trainer.model, recipe.dtype)
-    attach(trainer, run, ChosenLogpWatch(recipe.dpo.chosen_logp_drop_warning))
+    attach(trainer, run, recipe, family, ChosenLogpWatch(recipe.dpo.chosen_logp_drop_warning))
     result = trainer.train(resume_from_checkpoint=resume_from)
     return finish(trainer, result, recipe, run, processor, samples=len(train_ds), started=started,
                   resumed_from=resume_from)

@@ -46,9 +46,10 @@ def zero_touch(features) -> torch.Tensor:
     """0 x (sum of the image features the language model would receive): a graph edge on
     exactly the path real images take (so gradients flow, and are reduced, in the same
     order on every rank), no value."""
-    used = [getattr(features, name, None) for name in USED_OUTPUTS]
-    total = sum(t.float().sum() for t in _tensors(used) if t.is_floating_point())
-    return total * 0.0
+    used = [t for t in _tensors([getattr(features, name, None) for name in USED_OUTPUTS]) if t.is_floating_point()]
+    if not used:
+        raise RuntimeError(f"the vision tower returned none of {USED_OUTPUTS}; update mixed_batches.USED_OUTPUTS")
+    return sum(t.float().sum() for t in used) * 0.0
 
 
 class _VisionKeeper:

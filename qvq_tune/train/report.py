@@ -31,7 +31,11 @@ def finish(trainer, result, recipe: Recipe, run: RunFolder, processor, **report_
 def write_report(trainer, result, recipe: Recipe, run: RunFolder, *, samples: int, started: float,
                  resumed_from: str | None) -> dict:
     rows = read_metrics(run.file(METRICS))
-    losses, evals, speeds = _series(rows, "loss"), _series(rows, "eval_loss"), _series(rows, "tokens_per_s")
+    losses, evals = _series(rows, "loss"), _series(rows, "eval_loss")
+
+    def mean(key: str, digits: int = 1) -> float | None:
+        values = _series(rows, key)
+        return round(sum(values) / len(values), digits) if values else None
     report = {
         "objective": recipe.objective, "method": recipe.method, "world_size": trainer.args.world_size,
         "steps": result.global_step, "samples": samples,
@@ -39,9 +43,11 @@ def write_report(trainer, result, recipe: Recipe, run: RunFolder, *, samples: in
         "train_loss_mean": result.training_loss,
         "eval_loss_best": min(evals) if evals else None,
         "best_checkpoint": trainer.state.best_model_checkpoint,
-        "tokens_per_s": round(sum(speeds) / len(speeds), 1) if speeds else None,
+        "tokens_per_s": mean("tokens_per_s"), "samples_per_s": mean("samples_per_s", 2),
+        "padding_share": mean("padding_share", 4), "mfu": mean("mfu", 4),
         "wall_seconds": round(time.time() - started, 1), "train_runtime_s": result.metrics.get("train_runtime"),
         "resumed_from": resumed_from, "adapter": str(run.adapter),
+        "pixel_cache": trainer.data_collator.pixels.stats() if trainer.args.dataloader_num_workers == 0 else None,
         **trainable_summary(trainer.model), **peak_memory_mib(),
         "zero3_partition": zero3_partition(trainer.model_wrapped),
     }

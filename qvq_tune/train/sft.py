@@ -19,9 +19,10 @@ from ..models.registry import get_family
 from ..run_folder import RunFolder
 from .config import Recipe
 from .mixed_batches import keep_vision_tower_in_step
+from .packing import restart_positions_per_sample
 from .model_setup import adamw, build_model, keep_trainable_dtype
 from .report import finish
-from .trainer_args import attach, common_args
+from .trainer_args import attach, common_args, pixel_cache
 
 
 def datasets(recipe: Recipe, kind: str):
@@ -39,12 +40,16 @@ def run_sft(recipe: Recipe, run: RunFolder, resume_from: str | None = None) -> d
     train_ds, eval_ds = datasets(recipe, "dataset")
     model = build_model(recipe, family, recipe.model)
     keep_vision_tower_in_step(model, family)
+    if recipe.data.packing:
+        restart_positions_per_sample(model, family)
     args = SFTConfig(**common_args(recipe, run), dataset_kwargs={"skip_prepare_dataset": True}, max_length=None)
+    collator = VisionCollator(processor, packing=recipe.data.packing,
+                              **pixel_cache(recipe, len(train_ds), args.world_size, processor.image_processor))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         data_collator=VisionCollator(processor), processing_class=processor,
+                         data_collator=collator, processing_class=processor,
                          optimizers=(adamw(model, recipe, family), None))
     keep_trainable_dtype(trainer.model, recipe.dtype)
-    attach(trainer, run)
+    attach(trainer, run, recipe, family)
     result = trainer.train(resume_from_checkpoint=resume_from)
     return finish(trainer, result, recipe, run, processor, samples=len(train_ds), started=started,
                   resumed_from=resume_from)

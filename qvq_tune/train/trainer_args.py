@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 
 import torch
+from transformers.trainer_callback import ProgressCallback
 
 from ..run_folder import CHECKPOINTS, METRICS, RunFolder
+from .batch_stats import BatchStats
 from .callbacks import MarkComplete, MetricsJsonl, Progress
 from .config import Recipe
 
@@ -49,7 +51,8 @@ def common_args(recipe: Recipe, run: RunFolder) -> dict:
         use_cpu=not torch.cuda.is_available(), report_to=recipe.report_to,
         gradient_checkpointing=o.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if o.gradient_checkpointing else None,
-        remove_unused_columns=False, dataloader_num_workers=0, ddp_find_unused_parameters=False,
+        remove_unused_columns=False, dataloader_num_workers=recipe.data.workers,
+        dataloader_persistent_workers=recipe.data.workers > 0, ddp_find_unused_parameters=False,
         run_name=recipe.name, disable_tqdm=False,
     )
 
@@ -61,8 +64,39 @@ def logger_dirs(run: RunFolder) -> None:
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.path / "tensorboard")
 
 
-def attach(trainer, run: RunFolder, *extra) -> None:
-    """Our callbacks in place of transformers' dict-printing progress bar."""
-    trainer.remove_callback(Progress.__mro__[1])
-    for callback in (Progress(), MetricsJsonl(run.file(METRICS)), MarkComplete(), *extra):
+def pixel_cache(recipe: Recipe, samples: int, world_size: int, image_processor) -> dict:
+    """`VisionCollator` cache arguments, sized by what the cache saves: an image is only
+    worth keeping if the run shows it again (more sample draws than samples), or if a later
+    run will (`disk`, under the cache folder, per processor settings)."""
+    import hashlib
+    import json
+
+    from ..paths import cache_dir
+    mode, o = recipe.data.pixel_cache, recipe.optim
+    draws = o.max_steps * o.per_device_batch_size * o.grad_accum * world_size
+    keep = mode in ("memory", "disk") or (mode == "auto" and draws > samples)
+    folder = None
+    if mode == "disk":
+        settings = json.dumps(image_processor.to_dict(), sort_keys=True, default=str)
+        folder = str(cache_dir() / "pixels" / hashlib.sha256(settings.encode()).hexdigest()[:12])
+    return {"cache_bytes": recipe.data.pixel_cache_mb * 2 ** 20 if keep else 0, "cache_dir": folder}
+
+
+def flops_per_token(model, recipe: Recipe, family) -> float:
+    """Training FLOPs per language-model token: 6 x the decoder's weights when they all train
+    (forward, input gradients, weight gradients), 4 x when frozen under an adapter (no weight
+    gradients). Embeddings, the vision tower and attention scores are left out."""
+    n = sum(getattr(p, "ds_numel", p.numel()) for name, p in model.named_parameters()
+            if family.part_of(name) == "language_model" and "embed_tokens" not in name)
+    return (6 if recipe.method == "full" else 4) * n
+
+
+def attach(trainer, run: RunFolder, recipe: Recipe, family, *extra) -> None:
+    """Our callbacks in place of transformers' dict-printing progress bar, and the batch
+    counters behind tokens/s and the padding share."""
+    stats = BatchStats()
+    stats.attach(trainer.model)
+    trainer.remove_callback(ProgressCallback)
+    metrics = MetricsJsonl(run.file(METRICS), stats, flops_per_token(trainer.model, recipe, family))
+    for callback in (Progress(), metrics, MarkComplete(), *extra):
         trainer.add_callback(callback)

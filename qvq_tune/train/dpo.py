@@ -21,7 +21,7 @@ from ..models.detect import detect
 from ..models.loading import load_processor
 from ..models.registry import get_family
 from ..run_folder import ADAPTER_DIR, RunFolder
-from .callbacks import ChosenLogpWatch
+from .callbacks import ChosenLogpWatch, peak_memory_mib
 from .config import Recipe
 from .mixed_batches import keep_vision_tower_in_step
 from .model_setup import adamw, build_model, keep_trainable_dtype
@@ -55,6 +55,7 @@ def run_dpo(recipe: Recipe, run: RunFolder, resume_from: str | None = None) -> d
     family = get_family(detect(recipe.model).family)
     processor = load_processor(recipe.model, **run.processor_settings())
     train_ds, eval_ds = datasets(recipe, "preference")
+    before_model = peak_memory_mib()["peak_rss_mib"]     # the runtime's own footprint (planner baseline)
     model = build_model(recipe, family, recipe.model, adapter=start_adapter(recipe.dpo.start_adapter))
     keep_vision_tower_in_step(model, family)
     args = dpo_config(recipe, run)
@@ -67,4 +68,4 @@ def run_dpo(recipe: Recipe, run: RunFolder, resume_from: str | None = None) -> d
     attach(trainer, run, recipe, family, ChosenLogpWatch(recipe.dpo.chosen_logp_drop_warning))
     result = trainer.train(resume_from_checkpoint=resume_from)
     return finish(trainer, result, recipe, run, processor, samples=len(train_ds), started=started,
-                  resumed_from=resume_from)
+                  resumed_from=resume_from, rss_before_model_mib=before_model)

@@ -29,7 +29,7 @@ def finish(trainer, result, recipe: Recipe, run: RunFolder, processor, **report_
 
 
 def write_report(trainer, result, recipe: Recipe, run: RunFolder, *, samples: int, started: float,
-                 resumed_from: str | None) -> dict:
+                 resumed_from: str | None, rss_before_model_mib: float) -> dict:
     rows = read_metrics(run.file(METRICS))
     losses, evals = _series(rows, "loss"), _series(rows, "eval_loss")
 
@@ -48,7 +48,8 @@ def write_report(trainer, result, recipe: Recipe, run: RunFolder, *, samples: in
         "wall_seconds": round(time.time() - started, 1), "train_runtime_s": result.metrics.get("train_runtime"),
         "resumed_from": resumed_from, "adapter": str(run.adapter),
         "pixel_cache": trainer.data_collator.pixels.stats() if trainer.args.dataloader_num_workers == 0 else None,
-        **trainable_summary(trainer.model), **peak_memory_mib(),
+        "num_tokens": _series(rows, "num_tokens")[-1] if _series(rows, "num_tokens") else None,
+        **trainable_summary(trainer.model), **peak_memory_mib(), "rss_before_model_mib": rss_before_model_mib,
         "zero3_partition": zero3_partition(trainer.model_wrapped),
     }
     for key in DPO_KEYS:

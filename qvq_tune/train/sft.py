@@ -17,6 +17,7 @@ from ..models.detect import detect
 from ..models.loading import load_processor
 from ..models.registry import get_family
 from ..run_folder import RunFolder
+from .callbacks import peak_memory_mib
 from .config import Recipe
 from .mixed_batches import keep_vision_tower_in_step
 from .packing import restart_positions_per_sample
@@ -38,6 +39,7 @@ def run_sft(recipe: Recipe, run: RunFolder, resume_from: str | None = None) -> d
     family = get_family(detect(recipe.model).family)
     processor = load_processor(recipe.model, **run.processor_settings())
     train_ds, eval_ds = datasets(recipe, "dataset")
+    before_model = peak_memory_mib()["peak_rss_mib"]     # the runtime's own footprint (planner baseline)
     model = build_model(recipe, family, recipe.model)
     keep_vision_tower_in_step(model, family)
     if recipe.data.packing:
@@ -52,4 +54,4 @@ def run_sft(recipe: Recipe, run: RunFolder, resume_from: str | None = None) -> d
     attach(trainer, run, recipe, family)
     result = trainer.train(resume_from_checkpoint=resume_from)
     return finish(trainer, result, recipe, run, processor, samples=len(train_ds), started=started,
-                  resumed_from=resume_from)
+                  resumed_from=resume_from, rss_before_model_mib=before_model)

@@ -2,7 +2,8 @@
 
 synthesise diagrams -> build datasets -> evaluate the base -> QLoRA SFT under DeepSpeed
 ZeRO-3 across 2 processes (accelerate launch) -> evaluate the tuned model (and with
-blank images) -> merge into a bf16 model and verify -> report.json + PNG + table.
+blank images) -> merge into a bf16 model and verify -> report.json + PNG + tables, with the
+reasoning diagnostics (truncation, loops, language mixing, consistency) before and after.
 Every stage is the same library call the CLI exposes; the demo only chains them.
 """
 
@@ -47,6 +48,7 @@ def _say(msg: str) -> None:
 
 def run_demo(cfg: DemoConfig) -> dict:
     from .data.build import BuildConfig, build
+    from .eval.compare import compare, comparison_markdown, table_rows
     from .eval.evaluate import EvalOptions, evaluate, load_for_eval
     from .eval.report import plot_run, print_summary
     from .export.run import export_run
@@ -85,9 +87,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     stage("build")
 
     _say("4/7 evaluating the base model")
-    opts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64)
-    base_eval = evaluate(load_for_eval(base, None, opts), data["test"], opts,
-                         out_jsonl=out / "eval" / "base.jsonl", desc="eval base")
+    opts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64, dtype="float32", device="cpu")
+    base_eval = evaluate(load_for_eval(base, None, opts), data["test"], opts, out / "eval" / "base", desc="eval base")
     stage("eval_base")
 
     _say(f"5/7 QLoRA SFT, {cfg.accelerate_config} across {cfg.num_processes} processes")
@@ -101,26 +102,24 @@ def run_demo(cfg: DemoConfig) -> dict:
     stage("train")
 
     _say("6/7 evaluating the tuned model (4-bit base + adapter, as trained), then on blank images")
-    topts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64, load_in_4bit=True)
-    tuned_model = load_for_eval(base, run.adapter, topts)
-    tuned = evaluate(tuned_model, data["test"], topts, out_jsonl=out / "eval" / "tuned.jsonl", desc="eval tuned")
-    topts.blank_images = True
-    tuned_blank = evaluate(tuned_model, data["test"], topts, out_jsonl=out / "eval" / "tuned_blank.jsonl",
-                           desc="eval tuned, blank")
-    del tuned_model
+    topts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64, load_in_4bit=True, blank_images=True,
+                        dtype="float32", device="cpu")
+    tuned = evaluate(load_for_eval(base, run.adapter, topts), data["test"], topts, out / "eval" / "tuned",
+                     desc="eval tuned")
+    before_after = compare(base_eval, tuned)
+    write_text_atomic(out / "eval" / "before_after.md", comparison_markdown(before_after, ("base", "tuned")))
     stage("eval_tuned")
 
     _say("7/7 merging the adapter into a bf16 model and verifying the merge")
     export = export_run(run.path, out / "export", verify_data=data["test"], verify_samples=8)
-    mopts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64, dtype="float32")
-    merged = evaluate(load_for_eval(export["merged"], None, mopts), data["test"], mopts,
-                      out_jsonl=out / "eval" / "merged.jsonl", desc="eval merged")
+    merged = evaluate(load_for_eval(export["merged"], None, opts), data["test"], opts, out / "eval" / "merged",
+                      desc="eval merged")
     stage("export")
 
     metrics = read_metrics(run.file(METRICS))
     losses = [m["loss"] for m in metrics if "loss" in m]
     accuracies = {"base": base_eval["accuracy"], "tuned": tuned["accuracy"],
-                  "tuned\n(blank images)": tuned_blank["accuracy"], "merged\n(bf16)": merged["accuracy"]}
+                  "tuned\n(blank images)": tuned["blank_accuracy"], "merged\n(bf16)": merged["accuracy"]}
     png = plot_run(metrics, accuracies, out / "report.png",
                    f"qvq-tune demo: {cfg.task} ({cfg.steps} steps, {cfg.accelerate_config} x{cfg.num_processes})")
     report = {
@@ -128,7 +127,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "base_model": str(base),
         "base_accuracy": base_eval["accuracy"],
         "tuned_accuracy": tuned["accuracy"],
-        "tuned_blank_image_accuracy": tuned_blank["accuracy"],
+        "tuned_blank_image_accuracy": tuned["blank_accuracy"],
         "merged_accuracy": merged["accuracy"],
         "test_samples": tuned["n"],
         "train_samples": built["train"]["kept"],
@@ -139,6 +138,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         "trainable_parameters": train_report["trainable_parameters"],
         "zero3_partition": train_report["zero3_partition"],
         "merge_check": export["verification"],
+        "diagnostics": {"base": base_eval, "tuned": tuned},
+        "before_after": before_after,
         "base_pretrain_accuracy": base_pretrain["accuracy"],
         "stage_seconds": timings,
         "wall_seconds": round(time.time() - t0, 1),
@@ -157,5 +158,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         ("wall time", f"{report['wall_seconds']:.0f} s"),
         ("report", str(out / "report.json")),
     ], title="qvq-tune demo")
+    print_summary(table_rows(before_after), "reasoning before / after tuning",
+                  columns=("metric", "base", "tuned", "delta"))
     write_text_atomic(out / "SUMMARY.txt", "\n".join(f"{k}: {v}" for k, v in report.items()) + "\n")
     return report

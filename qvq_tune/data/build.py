@@ -51,6 +51,7 @@ from .readers import FORMATS as INPUT_FORMATS
 from .readers import ReaderOptions, parse, parse_columns
 from .reasoning import FORMATS as REASONING_FORMATS
 from .render import RenderError, RenderOptions, SampleRenderer
+from .trace_filters import DEFAULT_MAX_TRACE_TOKENS, FILTERS, check_replies, parse_filters
 
 CHUNK = 64                   # records per task sent to a worker
 REPORT, CACHE, QUARANTINE, HISTOGRAM = "report.json", "cache.json", "quarantine.jsonl", "lengths.png"
@@ -95,6 +96,11 @@ class BuildConfig:
     max_image_pixels: int = _option(DEFAULT_MAX_IMAGE_PIXELS,
                                     "larger images are quarantined (decompression-bomb guard)")
     reuse: bool = _option(True, "rebuild even if nothing changed", flag="--no-cache", fingerprint=False)
+    filters: tuple[str, ...] = _option((), "quarantine replies that fail these reasoning checks: "
+                                       + ", ".join(FILTERS), flag="--filter", metavar="CHECK,...",
+                                       parse=parse_filters)
+    max_trace_tokens: int = _option(DEFAULT_MAX_TRACE_TOKENS, "--filter too-long: longest reasoning trace kept",
+                                    metavar="N")
 
     def __post_init__(self):
         if self.format not in INPUT_FORMATS:
@@ -103,7 +109,11 @@ class BuildConfig:
         if self.reasoning is not None and self.reasoning not in REASONING_FORMATS:
             raise UserError(f"unknown --reasoning {self.reasoning!r}; choose from "
                             f"{', '.join(REASONING_FORMATS)}", key="reasoning")
-        for name in ("min_pixels", "max_pixels", "max_tokens", "workers", "max_frames", "max_image_pixels"):
+        if isinstance(self.filters, str):
+            self.filters = parse_filters(self.filters)
+        parse_filters(",".join(self.filters))
+        for name in ("min_pixels", "max_pixels", "max_tokens", "workers", "max_frames", "max_image_pixels",
+                     "max_trace_tokens"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}",
@@ -140,6 +150,8 @@ class _Spec:
     reader: ReaderOptions
     render: RenderOptions
     media: MediaOptions
+    filters: tuple[str, ...] = ()
+    max_trace_tokens: int = DEFAULT_MAX_TRACE_TOKENS
 
     def key(self) -> str:
         return repr(self)
@@ -155,6 +167,7 @@ class _Worker:
         self.renderer = SampleRenderer(processor, get_family(spec.family), spec.render)
         self.resolver = MediaResolver(processor, spec.media)
         self.reader = spec.reader
+        self.filters, self.max_trace_tokens = spec.filters, spec.max_trace_tokens
 
     def run(self, chunk: tuple[str, list]) -> tuple[list[tuple], dict]:
         root, items = chunk
@@ -167,6 +180,7 @@ class _Worker:
             return "bad", error, None
         try:
             example = parse(raw, origin, self.reader)
+            check_replies(example, self.filters, self.count_tokens, self.max_trace_tokens)
             media = [self.resolver.resolve(m, root) for m in example.media]
             if isinstance(example, Conversation):
                 kind, sample = "sft", self.renderer.render(example, media)
@@ -180,6 +194,10 @@ class _Worker:
         sample.update(id=str(record_id) if record_id is not None else origin.where(),
                       source=origin.source, line=origin.line, index=origin.index)
         return kind, sample, content_key(example, media)
+
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.renderer.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 _STATE: _Worker | None = None
@@ -375,7 +393,7 @@ def build(config: BuildConfig, *, log=None, progress: bool = False) -> dict:
                  ReaderOptions(config.format, dict(config.columns)),
                  RenderOptions(settings["reasoning"], config.system, config.max_tokens, config.truncate),
                  MediaOptions(out / MEDIA_DIR, config.allow_remote, config.max_image_pixels, config.fps,
-                              max_frames=config.max_frames))
+                              max_frames=config.max_frames), tuple(config.filters), config.max_trace_tokens)
     stage = out / f".staging-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
@@ -399,6 +417,7 @@ def _settings(config: BuildConfig, detected, out: Path) -> dict:
     settings = {f.name: getattr(config, f.name) for f in fields(config) if f.metadata.get("fingerprint", True)}
     settings.update(
         input=str(Path(config.input).resolve()), out=str(out), columns=dict(sorted(config.columns.items())),
+        filters=list(config.filters),
         image_root=str(Path(config.image_root).resolve()) if config.image_root else None,
         reasoning=config.reasoning or detected.reasoning_style)
     return settings

@@ -16,6 +16,12 @@ def _is_hf_dataset(path: Path) -> bool:
     return (path / "dataset_info.json").is_file() or (path / "state.json").is_file()
 
 
+def is_built(path: str | Path, kind: str = "dataset") -> bool:
+    """Whether `path` is a built dataset folder (or a build's output folder holding one)."""
+    path = Path(path)
+    return path.is_dir() and any(_is_hf_dataset(p) for p in (path, path / kind))
+
+
 def load_samples(path: str | Path, kind: str = "dataset"):
     from datasets import load_from_disk
 

@@ -112,3 +112,9 @@ def test_number_in_a_sentence_is_the_stated_one():
     assert number_in("The fraction of females is 0.6, which means six out of ten are facing")[0] == Fraction(3, 5)
     assert number_in("Adding up: 1 + 1 + 1 = 3")[0] == 3
     assert number_in("between 2007 and 2008") is None
+
+
+def test_a_reply_cut_by_the_budget_is_answered_only_where_marked():
+    assert extract_answer("There are 3 apples and", cut=True).answer is None
+    assert extract_answer("There are 3 apples and", cut=False).answer == "There are 3 apples and"
+    assert extract_answer("3 + 2 = 5.\n\n**Final Answer**\n\n\\[ \\boxed{5} \\]", cut=True).answer == "5"

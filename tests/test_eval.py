@@ -213,3 +213,25 @@ def test_eval_without_data_or_out_is_a_one_line_error(tmp_path):
     for args in (["eval", "--model", "qwen2_vl", "--out", tmp_path], ["eval", "--model", "qwen2_vl", "--data", "x"]):
         out = run_cli(*args)
         assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("family,opens_trace", [("qwen3_vl", True), ("qwen2_vl", False)])
+def test_prompts_end_as_the_chat_templates_generation_prompt(family, opens_trace, tiny_model, tmp_path):
+    """Qwen3-VL Thinking's template opens the trace in the generation prompt; the evaluator
+    prompts the same way and reads the reply with that opening in front."""
+    from qvq_tune.data.build import BuildConfig, build
+    from qvq_tune.data.dataset import load_samples
+    from qvq_tune.eval.prompts import generation_prefix, prompt_from_sample
+    from qvq_tune.models.loading import load_processor
+    from qvq_tune.models.registry import get_family
+    fam, model = get_family(family), tiny_model(family)
+    build(BuildConfig(input=str(REPO / "data_templates" / "sharegpt.json"), model=str(model),
+                      out=str(tmp_path / "b"), workers=1))
+    processor = load_processor(model)
+    prefix = generation_prefix(processor, fam)
+    assert prefix == (f"{fam.think_tokens[0]}\n" if opens_trace else "")
+    for sample in load_samples(tmp_path / "b"):
+        prompt = prompt_from_sample(sample, processor.tokenizer, fam, prefix)
+        text = processor.tokenizer.decode(prompt.batch["input_ids"])
+        assert text.endswith(fam.assistant_header + prefix) and prompt.prefix == prefix
+        assert prompt.reference in prompt.reference_reply

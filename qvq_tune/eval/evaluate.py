@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..data.dataset import is_built, load_samples
@@ -178,8 +178,8 @@ def run_eval(out_dir: str | Path, opts: EvalOptions, *, model: str | Path | None
         processor, reasoning = folder.processor_settings(), folder.dataset().get("reasoning")
         run_dtype = recipe.get("dtype")
         data = data or folder.dataset().get("eval")
-        if recipe.get("method") == "qlora" and not opts.load_in_4bit:
-            opts.load_in_4bit = True                   # evaluate the base as QLoRA trained it
+        if recipe.get("method") == "qlora":
+            opts = replace(opts, load_in_4bit=True)    # evaluate the base as QLoRA trained it
     if model is None or data is None:
         raise UserError("eval needs --model (or --run) and --data (or a run with data.eval)", key="data")
     dataset, build_info = prepare_data(data, Path(model), out_dir, processor, reasoning)

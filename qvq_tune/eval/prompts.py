@@ -31,7 +31,8 @@ def generation_prefix(processor, family: ModelFamily) -> str:
     """What the chat template writes after the assistant header when asked for a reply."""
     chat = [{"role": "user", "content": [{"type": "text", "text": "?"}]}]
     text = processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-    return text.rsplit(family.assistant_header, 1)[-1]
+    head, header, prefix = text.rpartition(family.assistant_header)
+    return prefix if header else ""
 
 
 def prompt_from_sample(sample: dict, tokenizer, family: ModelFamily, prefix: str = "") -> Prompt:

@@ -109,9 +109,7 @@ class BuildConfig:
         if self.reasoning is not None and self.reasoning not in REASONING_FORMATS:
             raise UserError(f"unknown --reasoning {self.reasoning!r}; choose from "
                             f"{', '.join(REASONING_FORMATS)}", key="reasoning")
-        if isinstance(self.filters, str):
-            self.filters = parse_filters(self.filters)
-        parse_filters(",".join(self.filters))
+        self.filters = parse_filters(self.filters if isinstance(self.filters, str) else ",".join(self.filters))
         for name in ("min_pixels", "max_pixels", "max_tokens", "workers", "max_frames", "max_image_pixels",
                      "max_trace_tokens"):
             value = getattr(self, name)
@@ -194,7 +192,6 @@ class _Worker:
         sample.update(id=str(record_id) if record_id is not None else origin.where(),
                       source=origin.source, line=origin.line, index=origin.index)
         return kind, sample, content_key(example, media)
-
 
     def count_tokens(self, text: str) -> int:
         return len(self.renderer.tokenizer(text, add_special_tokens=False)["input_ids"])

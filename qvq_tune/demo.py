@@ -6,8 +6,9 @@ base -> QLoRA SFT under DeepSpeed ZeRO-3 across 2 processes (accelerate launch) 
 evaluate the tuned model (and with blank images; and sampled replies, counting the
 defects it learnt) -> DPO from the SFT adapter on clean-vs-defective pairs cut at the
 first differing step -> evaluate again -> merge into a bf16 model and verify ->
-report.json + PNG + table. Every stage is the same library call the CLI exposes; the
-demo only chains them.
+report.json + PNG + tables, with the reasoning diagnostics (truncation, loops, language
+mixing, consistency) before and after. Every stage is the same library call the CLI
+exposes; the demo only chains them.
 """
 
 from __future__ import annotations
@@ -68,18 +69,23 @@ class _Clock:
         self.stages[name] = round(time.time() - self.t0 - sum(self.stages.values()), 1)
 
 
-def defect_rate(em, test_dir: Path, cfg: DemoConfig, out_jsonl: Path, desc: str) -> dict:
+def defect_rate(em, test_dir: Path, cfg: DemoConfig, out_dir: Path, desc: str) -> dict:
     """Share of sampled replies (several per test prompt, temperature 1, fixed seed) that show
-    a defect the noisy training data teaches (its loop phrases, its Chinese phrases)."""
+    a defect the noisy training data teaches (its loop phrases, its Chinese phrases), beside
+    the evaluator's general loop and language-mixing rates over the same replies."""
     from .eval.evaluate import EvalOptions, evaluate
+    from .eval.scoring import summarize
     from .synth.tasks import DEFECTS, taught_defects
     opts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=32, samples=cfg.defect_samples,
-                       temperature=1.0, seed=cfg.seed)
-    evaluate(em, test_dir, opts, out_jsonl=out_jsonl, desc=desc)
-    rows = [json.loads(line) for line in out_jsonl.read_text(encoding="utf-8").splitlines()]
+                       temperature=1.0, seed=cfg.seed, dtype="float32", device="cpu")
+    summary = evaluate(em, test_dir, opts, out_dir, desc=desc)
+    rows = [json.loads(line) for line in (out_dir / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert summarize(rows)["n"] == summary["n"]
     found = [taught_defects(r["reply"]) for r in rows]
-    rates = {kind: sum(kind in f for f in found) / len(rows) for kind in DEFECTS}
-    return {"rate": sum(bool(f) for f in found) / len(rows), "by_kind": rates, "replies": len(rows)}
+    return {"rate": sum(bool(f) for f in found) / len(rows),
+            "by_kind": {kind: sum(kind in f for f in found) / len(rows) for kind in DEFECTS},
+            "replies": len(rows), "loop_rate": summary["loop_rate"],
+            "language_mix_rate": summary["language_mix_rate"]}
 
 
 def _train(recipe_name: str, overrides: dict, cfg: DemoConfig):
@@ -94,8 +100,10 @@ def _train(recipe_name: str, overrides: dict, cfg: DemoConfig):
 
 def run_demo(cfg: DemoConfig) -> dict:
     from .data.build import BuildConfig, build
+    from .eval.compare import compare, comparison_markdown
     from .eval.evaluate import EvalOptions, evaluate, load_for_eval
     from .export.run import export_run
+    from .paths import write_text_atomic
     from .synth.generate import SynthConfig, generate
     from .synth.tasks import DEFECTS
     from .tiny.pretrain import REPORT_FILE, ensure_tiny_base
@@ -125,9 +133,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     clock.stage("build")
 
     _say("4/9 evaluating the base model")
-    opts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64)
-    base_eval = evaluate(load_for_eval(base, None, opts), data["test"], opts,
-                         out_jsonl=out / "eval" / "base.jsonl", desc="eval base")
+    opts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64, dtype="float32", device="cpu")
+    base_eval = evaluate(load_for_eval(base, None, opts), data["test"], opts, out / "eval" / "base",
+                         desc="eval base")
     clock.stage("eval_base")
 
     _say(f"5/9 QLoRA SFT, {cfg.accelerate_config} across {cfg.num_processes} processes")
@@ -138,13 +146,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     clock.stage("train")
 
     _say("6/9 evaluating the tuned model (4-bit base + adapter, as trained): greedy, blank images, sampled")
-    topts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64, load_in_4bit=True)
+    topts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64, load_in_4bit=True, blank_images=True,
+                        dtype="float32", device="cpu")
     model = load_for_eval(base, sft_run.adapter, topts)
-    tuned = evaluate(model, data["test"], topts, out_jsonl=out / "eval" / "tuned.jsonl", desc="eval tuned")
-    blank = EvalOptions(**{**asdict(topts), "blank_images": True})
-    tuned_blank = evaluate(model, data["test"], blank, out_jsonl=out / "eval" / "tuned_blank.jsonl",
-                           desc="eval tuned, blank")
-    sft_defects = defect_rate(model, data["test"], cfg, out / "eval" / "tuned_sampled.jsonl", "sample tuned")
+    tuned = evaluate(model, data["test"], topts, out / "eval" / "tuned", desc="eval tuned")
+    before_after = compare(base_eval, tuned)
+    write_text_atomic(out / "eval" / "before_after.md", comparison_markdown(before_after, ("base", "tuned")))
+    sft_defects = defect_rate(model, data["test"], cfg, out / "eval" / "tuned_sampled", "sample tuned")
     del model
     clock.stage("eval_tuned")
 
@@ -156,28 +164,31 @@ def run_demo(cfg: DemoConfig) -> dict:
             "model": str(base), "output_dir": str(out), "name": "dpo", "data.train": str(data["dpo_train"]),
             "dpo.start_adapter": str(sft_run.path), "optim.max_steps": cfg.dpo_steps}, cfg)
         model = load_for_eval(base, final_run.adapter, topts)
-        dpo_eval = evaluate(model, data["test"], topts, out_jsonl=out / "eval" / "dpo.jsonl", desc="eval dpo")
-        dpo_defects = defect_rate(model, data["test"], cfg, out / "eval" / "dpo_sampled.jsonl", "sample dpo")
+        dpo_eval = evaluate(model, data["test"], topts, out / "eval" / "dpo", desc="eval dpo")
+        dpo_defects = defect_rate(model, data["test"], cfg, out / "eval" / "dpo_sampled", "sample dpo")
+        write_text_atomic(out / "eval" / "sft_dpo.md", comparison_markdown(compare(tuned, dpo_eval), ("SFT", "DPO")))
         del model
         clock.stage("dpo")
 
     _say("8/9 merging the final adapter into a bf16 model and verifying the merge")
     export = export_run(final_run.path, out / "export", verify_data=data["test"], verify_samples=8)
-    mopts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64, dtype="float32")
-    merged = evaluate(load_for_eval(export["merged"], None, mopts), data["test"], mopts,
-                      out_jsonl=out / "eval" / "merged.jsonl", desc="eval merged")
+    merged = evaluate(load_for_eval(export["merged"], None, opts), data["test"], opts, out / "eval" / "merged",
+                      desc="eval merged")
     clock.stage("export")
 
     _say("9/9 report")
     report = {
         "task": cfg.task, "base_model": str(base),
         "base_accuracy": base_eval["accuracy"], "tuned_accuracy": tuned["accuracy"],
-        "tuned_blank_image_accuracy": tuned_blank["accuracy"], "merged_accuracy": merged["accuracy"],
+        "tuned_blank_image_accuracy": tuned["blank_accuracy"], "merged_accuracy": merged["accuracy"],
         "sft_defect_rate": sft_defects["rate"], "sft_defects_by_kind": sft_defects["by_kind"],
         "dpo_accuracy": dpo_eval["accuracy"] if dpo else None,
         "dpo_defect_rate": dpo_defects["rate"] if dpo else None,
         "dpo_defects_by_kind": dpo_defects["by_kind"] if dpo else None,
         "defect_sampled_replies": sft_defects["replies"],
+        "sampled_loop_rate": {"sft": sft_defects["loop_rate"], "dpo": dpo_defects["loop_rate"] if dpo else None},
+        "sampled_language_mix_rate": {"sft": sft_defects["language_mix_rate"],
+                                      "dpo": dpo_defects["language_mix_rate"] if dpo else None},
         "test_samples": tuned["n"], "train_samples": built["train"]["kept"],
         "train_loss_first": sft_report["train_loss_first"], "train_loss_last": sft_report["train_loss_last"],
         "train_steps": sft_report["steps"], "world_size": sft_report["world_size"],
@@ -189,6 +200,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         "dpo_reward_margin_first": dpo_report.get("rewards_margins_first") if dpo else None,
         "dpo_reward_margin_last": dpo_report.get("rewards_margins_last") if dpo else None,
         "exported_run": final_run.path.name, "merge_check": export["verification"],
+        "diagnostics": {"base": base_eval, "tuned": tuned, **({"dpo": dpo_eval} if dpo else {})},
+        "before_after": before_after,
         "base_pretrain_accuracy": base_pretrain["accuracy"],
         "stage_seconds": clock.stages, "wall_seconds": round(time.time() - clock.t0, 1),
         "config": asdict(cfg),
@@ -217,6 +230,7 @@ def _plot(report: dict, sft_run, dpo_run, png: Path, cfg: DemoConfig) -> Path:
 
 
 def _print(report: dict, export: dict, out: Path) -> None:
+    from .eval.compare import table_rows
     from .eval.report import print_summary
     from .paths import write_text_atomic
     rows = [
@@ -238,4 +252,6 @@ def _print(report: dict, export: dict, out: Path) -> None:
         ("report", str(out / "report.json")),
     ]
     print_summary(rows, title="qvq-tune demo")
+    print_summary(table_rows(report["before_after"]), "reasoning before / after tuning",
+                  columns=("metric", "base", "tuned", "delta"))
     write_text_atomic(out / "SUMMARY.txt", "\n".join(f"{k}: {v}" for k, v in report.items()) + "\n")

@@ -1,54 +1,120 @@
-"""Final-answer extraction and matching (eval/answers.py) on replies in each style we train."""
+"""Final-answer extraction and matching (data/answers.py) on replies as real models write them.
+
+`tests/data/replies.jsonl` holds the cases, one per line with where it came from: QVQ-72B-
+Preview free-form traces (one published output verbatim), QwQ-style "**Final Answer**"
+blocks, Qwen2.5-VL plain replies (MathVista's extraction examples), Qwen3-VL Thinking
+replies that start inside the trace, multiple choice, units, separators, fractions, boxed
+answers mid-reply and at the end, and replies with no answer at all. Each line gives the
+expected extracted answer and whether it matches the reference.
+"""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from fractions import Fraction
+
 import pytest
 
+from qvq_tune.data.answers import MARKED, choice_letter, extract_answer, match_answer, normalize, number_in
 from qvq_tune.data.reasoning import format_reply
-from qvq_tune.eval.answers import answers_match, extract_answer, normalize
+
+from .conftest import REPO
+
+DATA = REPO / "tests" / "data"
+CASES = [json.loads(line) for name in ("replies.jsonl", "replies_choices.jsonl")
+         for line in (DATA / name).read_text(encoding="utf-8").splitlines()]
 
 
-@pytest.mark.parametrize("reply,expected", [
-    # QVQ style, as the renderer writes it (trace, marker, boxed answer)
-    ("The schematic shows 3 red triangles. 3 x 5 = 15.\n\n**Final Answer**\n\n\\[ \\boxed{15} \\]", "15"),
-    ("trace\n\n**Final Answer:** \\[ \\boxed{12 A} \\]", "12 a"),
-    ("trace **Final Answer** \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
-    ("trace\n**final answer**\n\nThe pump is broken.", "the pump is broken"),
-    # think tags
-    ("<think>\nlet me count: 2 circles\n</think>\n\n4", "4"),
-    ("<think>x</think>Yes.", "yes"),
-    # plain "Final answer:" lines
-    ("I see 3 triangles. Each triangle costs 5. 3 x 5 = 15. Final answer: 15", "15"),
-    ("Counting...\nFinal Answer: 7 pumps.", "7 pumps"),
-    # nothing marked: the whole reply
-    ("red", "red"),
-    ("  Blue.  ", "blue"),
-    ("$42$", "42"),
-    ("\\text{no}", "no"),
-])
-def test_extract_answer(reply, expected):
-    assert extract_answer(reply) == expected
+def test_the_cases_cover_every_style():
+    styles = Counter(c["style"] for c in CASES)
+    assert len(CASES) >= 40
+    assert all(styles[s] >= 5 for s in ("qvq", "qwen2_5_vl", "qwen3_vl", "mc")), styles
+    assert sum(c["expected"] is None for c in CASES) >= 5                   # no answer at all
+    assert any("\\boxed" in c["reply"].split("**Final Answer**")[0] and "**Final Answer**" in c["reply"]
+               for c in CASES)                                               # boxed mid-reply, then at the end
+    assert all(c["source"] for c in CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c['style']}-{i}" for i, c in enumerate(CASES)])
+def test_extraction_and_match_on_real_replies(case):
+    found = extract_answer(case["reply"])
+    assert found.answer == case["expected"], found
+    assert (match_answer(found.answer, case["reference"], case.get("choices")) is not None) is case["correct"]
+
+
+def test_the_misjudged_replies_of_the_issue():
+    assert extract_answer("**Final Answer:** 15").answer == "15"
+    assert extract_answer("Trace.\n\n**Final Answer:**\n\n\\[ \\boxed{15} \\]").answer == "15"
+    assert extract_answer("\\boxed{15}").answer == "15"
+    assert extract_answer("trace\n</think>\n\nSo the total is \\boxed{15}.").answer == "15"
+
+
+def test_the_last_boxed_answer_wins_and_is_marked():
+    found = extract_answer("First \\boxed{12}, then the corner adds 3: \\boxed{15}.")
+    assert found.answer == "15" and found.source == "boxed" and found.marked
+    assert not extract_answer("15").marked and "whole_reply" not in MARKED
+
+
+def test_a_trace_that_never_closes_has_no_answer_even_if_it_mentions_one():
+    assert extract_answer("<think>\nThe answer is probably 4, but let me check").answer is None
 
 
 @pytest.mark.parametrize("fmt", ["qvq", "think", "answer-only"])
 @pytest.mark.parametrize("answer", ["15", "12 A", "yes", "3 red circles"])
 def test_extraction_inverts_every_reasoning_format(fmt, answer):
     reply = format_reply("The schematic shows 3 red circles. Each circle costs 5.", answer, fmt)
-    assert extract_answer(reply) == normalize(answer)
+    assert normalize(extract_answer(reply).answer) == normalize(answer)
 
 
-@pytest.mark.parametrize("predicted,reference,match", [
-    ("15", "15", True),
-    ("15.0", "15", True),
-    ("015", "15", True),
-    ("16", "15", False),
-    ("12 a", "12 A", True),          # the reference's unit, case-insensitive
-    ("12", "12 A", True),            # the unit may be left out
-    ("12 v", "12 A", False),         # but not replaced by another
-    ("Yes.", "yes", True),
-    ("no", "yes", False),
-    ("", "15", False),
-    ("red circles", "red", False),
+@pytest.mark.parametrize("predicted,reference,how", [
+    ("15", "15", "exact"),
+    ("15.0", "15", "numeric"),
+    ("015", "15", "numeric"),
+    ("16", "15", None),
+    ("1,234,567", "1234567", "numeric"),
+    ("\\frac{1}{4}", "0.25", "numeric"),
+    ("3/4", "\\dfrac{3}{4}", "exact"),
+    ("25%", "25", "numeric"),
+    ("\\$1.45", "1.45", "numeric"),
+    ("five", "5", "numeric"),
+    ("12 a", "12 A", "exact"),            # the reference's unit, case-insensitive
+    ("12", "12 A", "numeric"),            # the unit may be left out
+    ("12 V", "12 A", None),               # but not replaced by another
+    ("12 cm", "12", "numeric"),           # a unit the reference does not carry
+    ("3.14159", "3.1416", "numeric"),     # within the relative tolerance
+    ("3.2", "3.1416", None),
+    ("Yes.", "yes", "exact"),
+    ("no", "yes", None),
+    ("", "15", None),
+    (None, "15", None),
+    ("red circles", "red", None),
+    ("(B)", "B", "choice"),
+    ("B. 12 cm", "B", "choice"),
+    ("the correct option is D", "D", "choice"),
+    ("A square", "B", None),
+    ("A", "B", None),
 ])
-def test_answers_match(predicted, reference, match):
-    assert answers_match(predicted, reference) is match
+def test_match_answer(predicted, reference, how):
+    assert match_answer(predicted, reference) == how
+
+
+def test_choices_map_option_text_to_letters_both_ways():
+    choices = ["12 cm", "15 cm", "18 cm"]
+    assert choice_letter("15 cm", choices) == "B" and choice_letter("(C)", choices) == "C"
+    assert match_answer("15 cm", "B", choices) == "choice"
+    assert match_answer("B", "15 cm", choices) == "choice"
+    assert match_answer("12 cm", "B", choices) is None
+    assert match_answer("C", "18 cm", {"A": "12 cm", "C": "18 cm"}) == "choice"
+
+
+def test_number_in_a_sentence_is_the_stated_one():
+    assert number_in("The fraction of females is 0.6, which means six out of ten are facing")[0] == Fraction(3, 5)
+    assert number_in("Adding up: 1 + 1 + 1 = 3")[0] == 3
+    assert number_in("between 2007 and 2008") is None
+
+
+def test_a_reply_cut_by_the_budget_is_answered_only_where_marked():
+    assert extract_answer("There are 3 apples and", cut=True).answer is None
+    assert extract_answer("There are 3 apples and", cut=False).answer == "There are 3 apples and"
+    assert extract_answer("3 + 2 = 5.\n\n**Final Answer**\n\n\\[ \\boxed{5} \\]", cut=True).answer == "5"

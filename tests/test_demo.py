@@ -50,6 +50,13 @@ def test_short_demo_end_to_end(tmp_path, tiny_base):
     assert json.loads((out / "report.json").read_text()) == report
     assert (out / "report.png").stat().st_size > 1000
     assert (out / "export" / "merged" / "model.safetensors").is_file()
-    rows = [json.loads(line) for line in (out / "eval" / "tuned.jsonl").read_text().splitlines()]
-    assert len(rows) == 48 and all({"reply", "predicted", "reference", "correct"} <= set(r) for r in rows)
-    assert sum(r["correct"] for r in rows) / 48 == report["tuned_accuracy"]
+    rows = [json.loads(line) for line in (out / "eval" / "tuned" / "samples.jsonl").read_text().splitlines()]
+    real = [r for r in rows if r["condition"] == "real"]
+    assert len(real) == 48 and all({"reply", "extracted", "reference", "correct", "diagnostics"} <= set(r) for r in rows)
+    assert round(sum(r["correct"] for r in real) / 48, 4) == report["tuned_accuracy"]
+    # the reasoning diagnostics before and after tuning, side by side in the report
+    before_after = {r["metric"]: r for r in report["before_after"]}
+    for name in ("accuracy", "truncated_rate", "no_answer_rate", "loop_rate", "language_mix_rate", "mean_tokens"):
+        assert before_after[name]["a"] == report["diagnostics"]["base"][name]
+        assert before_after[name]["b"] == report["diagnostics"]["tuned"][name]
+    assert "| truncated_rate |" in (out / "eval" / "before_after.md").read_text()

@@ -52,6 +52,7 @@ from .readers import ReaderOptions, parse, parse_columns
 from .reasoning import FORMATS as REASONING_FORMATS
 from .reasoning import PAIR_CUTS
 from .render import RenderError, RenderOptions, SampleRenderer
+from .trace_filters import DEFAULT_MAX_TRACE_TOKENS, FILTERS, check_replies, parse_filters
 
 CHUNK = 64                   # records per task sent to a worker
 REPORT, CACHE, QUARANTINE, HISTOGRAM = "report.json", "cache.json", "quarantine.jsonl", "lengths.png"
@@ -99,6 +100,11 @@ class BuildConfig:
                                     "divergence point (word) or at reasoning-step boundaries; the shared "
                                     "start joins the prompt", choices=PAIR_CUTS)
     reuse: bool = _option(True, "rebuild even if nothing changed", flag="--no-cache", fingerprint=False)
+    filters: tuple[str, ...] = _option((), "quarantine replies that fail these reasoning checks: "
+                                       + ", ".join(FILTERS), flag="--filter", metavar="CHECK,...",
+                                       parse=parse_filters)
+    max_trace_tokens: int = _option(DEFAULT_MAX_TRACE_TOKENS, "--filter too-long: longest reasoning trace kept",
+                                    metavar="N")
 
     def __post_init__(self):
         if self.format not in INPUT_FORMATS:
@@ -110,7 +116,9 @@ class BuildConfig:
         if self.reasoning is not None and self.reasoning not in REASONING_FORMATS:
             raise UserError(f"unknown --reasoning {self.reasoning!r}; choose from "
                             f"{', '.join(REASONING_FORMATS)}", key="reasoning")
-        for name in ("min_pixels", "max_pixels", "max_tokens", "workers", "max_frames", "max_image_pixels"):
+        self.filters = parse_filters(self.filters if isinstance(self.filters, str) else ",".join(self.filters))
+        for name in ("min_pixels", "max_pixels", "max_tokens", "workers", "max_frames", "max_image_pixels",
+                     "max_trace_tokens"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}",
@@ -147,6 +155,8 @@ class _Spec:
     reader: ReaderOptions
     render: RenderOptions
     media: MediaOptions
+    filters: tuple[str, ...] = ()
+    max_trace_tokens: int = DEFAULT_MAX_TRACE_TOKENS
 
     def key(self) -> str:
         return repr(self)
@@ -162,6 +172,7 @@ class _Worker:
         self.renderer = SampleRenderer(processor, get_family(spec.family), spec.render)
         self.resolver = MediaResolver(processor, spec.media)
         self.reader = spec.reader
+        self.filters, self.max_trace_tokens = spec.filters, spec.max_trace_tokens
 
     def run(self, chunk: tuple[str, list]) -> tuple[list[tuple], dict]:
         root, items = chunk
@@ -174,6 +185,7 @@ class _Worker:
             return "bad", error, None
         try:
             example = parse(raw, origin, self.reader)
+            check_replies(example, self.filters, self.count_tokens, self.max_trace_tokens)
             media = [self.resolver.resolve(m, root) for m in example.media]
             if isinstance(example, Conversation):
                 kind, sample = "sft", self.renderer.render(example, media)
@@ -187,6 +199,9 @@ class _Worker:
         sample.update(id=str(record_id) if record_id is not None else origin.where(),
                       source=origin.source, line=origin.line, index=origin.index)
         return kind, sample, content_key(example, media)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.renderer.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 _STATE: _Worker | None = None
@@ -383,7 +398,7 @@ def build(config: BuildConfig, *, log=None, progress: bool = False) -> dict:
                  RenderOptions(settings["reasoning"], config.system, config.max_tokens, config.truncate,
                                config.pair_cut),
                  MediaOptions(out / MEDIA_DIR, config.allow_remote, config.max_image_pixels, config.fps,
-                              max_frames=config.max_frames))
+                              max_frames=config.max_frames), tuple(config.filters), config.max_trace_tokens)
     stage = out / f".staging-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
@@ -407,6 +422,7 @@ def _settings(config: BuildConfig, detected, out: Path) -> dict:
     settings = {f.name: getattr(config, f.name) for f in fields(config) if f.metadata.get("fingerprint", True)}
     settings.update(
         input=str(Path(config.input).resolve()), out=str(out), columns=dict(sorted(config.columns.items())),
+        filters=list(config.filters),
         image_root=str(Path(config.image_root).resolve()) if config.image_root else None,
         reasoning=config.reasoning or detected.reasoning_style)
     return settings

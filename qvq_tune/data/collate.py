@@ -52,9 +52,9 @@ class VisionCollator:
                                  "built; rebuild it with this model's processor settings")
             out["pixel_values"], out["image_grid_thw"] = pixel_values, grid
         videos = [v for s in samples for v in (s.get("videos") or [])]
-        if videos:
-            enc = self.processor.video_processor(videos=[load_video_frames(v) for v in videos],
-                                                 return_tensors="pt")
+        if videos:     # frames folders, or frames already loaded (e.g. blanked by the evaluator)
+            frames = [v if isinstance(v, torch.Tensor) else load_video_frames(v) for v in videos]
+            enc = self.processor.video_processor(videos=frames, return_tensors="pt")
             out["pixel_values_videos"], out["video_grid_thw"] = enc["pixel_values_videos"], enc["video_grid_thw"]
         return out
 

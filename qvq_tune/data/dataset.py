@@ -26,6 +26,11 @@ def find_samples(path: str | Path, kind: str = "dataset") -> Path | None:
     return None
 
 
+def is_built(path: str | Path, kind: str = "dataset") -> bool:
+    """Whether `path` is a built dataset folder (or a build's output folder holding one)."""
+    return find_samples(path, kind) is not None
+
+
 def _kind_of(folder: Path) -> str | None:
     """"dataset" or "preference", from the columns recorded in dataset_info.json."""
     import json

@@ -29,6 +29,11 @@ REASONS: dict[str, str] = {
     "special_token_in_text": "text contains one of the chat template's control tokens (turn, vision or padding markers)",
     "too_long": "the rendered sample is longer than --max-tokens",
     "duplicate": "an exact duplicate of an earlier record",
+    # --filter checks on the replies (data/trace_filters.py), off unless asked for
+    "reasoning_loop": "--filter loops: the reply repeats itself (a reasoning loop)",
+    "language_mix": "--filter language-mix: the reply switches to another script mid-way",
+    "no_answer": "--filter no-answer: the reply never reaches a final answer",
+    "trace_too_long": "--filter too-long: the reasoning trace is longer than --max-trace-tokens",
 }
 
 EXCERPT_CHARS = 2000

@@ -1,1 +1,2 @@
-"""Evaluation stage: generation, answer extraction and matching, reasoning diagnostics."""
+"""Evaluation stage: generation, scoring with the answer extraction and reasoning diagnostics
+of `data/answers.py` and `data/diagnostics.py`, summaries, reports and comparisons."""

@@ -1,41 +1,70 @@
-"""Evaluate a model (optionally with a LoRA adapter) on a built dataset by generation.
+"""Evaluate a model (optionally with a LoRA adapter or a run folder) by generation.
 
-Prompts are cut from the built samples themselves (everything before the last
-assistant reply) and references are decoded from their labels, so evaluation reads
-exactly what the data stage recorded. `blank_images=True` replaces every image with a
-white one of the same size: a model that really reads the image should drop to chance.
+`run_eval(...)` is the `qvq-tune eval` flow: it reads the run folder when given (base
+model, adapter, the processor settings and reasoning format the data was built with),
+builds raw data files with the model's own processor when they are not built yet,
+loads the model in the requested dtype on the requested device, generates, and writes
+
+    OUT/samples.jsonl   one scored row per reply (eval/scoring.py), real and blank media
+    OUT/summary.json    the metrics (recomputable from samples.jsonl) and the settings
+    OUT/report.md       the metric table and the worst samples
+
+`load_for_eval` + `evaluate` (or `score_dataset` for rows only) are the same steps for
+callers that already hold a model (the demo, the tiny base check).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from PIL import Image
-
-from ..data.dataset import load_samples, processor_settings
-from ..data.reasoning import split_reply
-from ..data.render import IGNORE_INDEX
+from ..data.dataset import is_built, load_samples, processor_settings
+from ..errors import UserError
 from ..models.detect import detect
-from ..models.loading import set_pixel_limits
+from ..models.loading import DTYPES, set_pixel_limits
 from ..models.registry import ModelFamily, get_family
-from ..paths import write_json_atomic
-from .answers import answers_match, extract_answer
+from ..paths import write_json_atomic, write_text_atomic
+from ..run_folder import RunFolder
 from .generate import generate_replies
+from .prompts import blank_media, generation_prefix, prompt_from_sample
+from .report import markdown_report
+from .scoring import score_reply, summarize
+
+SAMPLES, SUMMARY, REPORT = "samples.jsonl", "summary.json", "report.md"
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
 @dataclass
 class EvalOptions:
-    max_new_tokens: int = 96
-    batch_size: int = 32
+    max_new_tokens: int = 8192           # QVQ-72B-Preview's model card generates with 8192
+    batch_size: int = 8
     limit: int | None = None
-    blank_images: bool = False
+    blank_images: bool = False           # also score every sample with blank images and video frames
+    samples: int = 1                     # replies per prompt (sampled when > 1)
+    temperature: float = 0.0
+    seed: int = 0
     load_in_4bit: bool = False
-    dtype: str = "float32"
-    samples: int = 1                     # replies per prompt
-    temperature: float | None = None     # None: greedy; else sampled at this temperature
-    seed: int = 0                        # for sampled replies
+    dtype: str = "auto"                  # auto: the run's dtype, else bfloat16 on a GPU, float32 on CPU
+    device: str = "auto"                 # auto: every visible GPU (device_map="auto"), else CPU
+    rel_tol: float = 1e-4                # numeric answers match within this relative tolerance
+
+    def __post_init__(self):
+        for key in ("max_new_tokens", "batch_size", "samples"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise UserError(f"--{key.replace('_', '-')} must be a positive integer", key=key)
+        if self.limit is not None and self.limit < 1:
+            raise UserError("--limit must be a positive integer", key="limit")
+        if self.temperature < 0:
+            raise UserError("--temperature must be >= 0", key="temperature")
+        if self.samples > 1 and self.temperature == 0:
+            raise UserError("--samples N > 1 needs --temperature T > 0 (greedy replies would all be the same)",
+                            key="samples")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise UserError(f"--dtype must be auto or one of {', '.join(DTYPES)}", key="dtype")
+        if not DEVICE.match(self.device):
+            raise UserError(f"--device {self.device!r}: use auto, cpu, cuda, cuda:N or mps", key="device")
 
 
 @dataclass
@@ -44,89 +73,117 @@ class EvalModel:
     model: object
     processor: object
     family: ModelFamily
+    prefix: str = ""                     # what the chat template writes after the assistant header
+    info: dict = field(default_factory=dict)
 
 
-def prompt_and_reference(sample: dict, tokenizer, turn_end: str) -> tuple[dict, str]:
-    labels, ids = sample["labels"], sample["input_ids"]
-    last = max(i for i, x in enumerate(labels) if x != IGNORE_INDEX)
-    start = last
-    while start > 0 and labels[start - 1] != IGNORE_INDEX:
-        start -= 1
-    reply = tokenizer.decode(ids[start:last + 1], skip_special_tokens=False)
-    reply = reply.removesuffix(turn_end)
-    _, answer = split_reply(reply)
-    prompt = {"input_ids": ids[:start], "images": list(sample.get("images") or []),
-              "image_grid_thw": sample.get("image_grid_thw") or []}
-    return prompt, answer
+def _placement(opts: EvalOptions, run_dtype: str | None) -> tuple[str, object]:
+    import torch
+    gpu = torch.cuda.is_available()
+    dtype = opts.dtype if opts.dtype != "auto" else (run_dtype or ("bfloat16" if gpu else "float32"))
+    if opts.device == "auto":
+        return dtype, "auto" if gpu else None
+    return dtype, None if opts.device == "cpu" else {"": opts.device}
 
 
-def _blank(path: str) -> Image.Image:
-    with Image.open(path) as img:
-        size = img.size
-    return Image.new("RGB", size, (255, 255, 255))
-
-
-def load_for_eval(model_dir: str | Path, adapter: str | Path | None, opts: EvalOptions) -> EvalModel:
+def load_for_eval(model_dir: str | Path, adapter: str | Path | None, opts: EvalOptions, *,
+                  processor_settings: dict | None = None, run_dtype: str | None = None) -> EvalModel:
     from ..models.loading import load_model, load_processor
     family = get_family(detect(model_dir).family)
-    processor = load_processor(model_dir)
-    model = load_model(model_dir, dtype=opts.dtype, load_in_4bit=opts.load_in_4bit)
+    processor = load_processor(model_dir, **(processor_settings or {}))
+    dtype, device_map = _placement(opts, run_dtype)
+    model = load_model(model_dir, dtype=dtype, load_in_4bit=opts.load_in_4bit, device_map=device_map)
     if adapter:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
-    return EvalModel(model, processor, family)
+    info = {"model": str(model_dir), "adapter": str(adapter) if adapter else None, "dtype": dtype,
+            "device": str(model.device), "load_in_4bit": opts.load_in_4bit,
+            "processor": dict(processor_settings or {})}
+    return EvalModel(model, processor, family, generation_prefix(processor, family), info)
 
 
-def score(em: EvalModel, dataset_dir: str | Path, opts: EvalOptions, *, desc: str = "eval") -> list[dict]:
-    """One row per sample: id, reference, reply, extracted answer, correct."""
-    processor = em.processor
-    set_pixel_limits(processor, **processor_settings(dataset_dir))   # as the samples were built
+def score_dataset(em: EvalModel, dataset_dir: str | Path, opts: EvalOptions, *, blank: bool = False,
+                  desc: str = "eval") -> list[dict]:
+    """Generate for every sample (`opts.samples` replies each) and score each reply."""
+    set_pixel_limits(em.processor, **processor_settings(dataset_dir))   # as the samples were built
     ds = load_samples(dataset_dir)
     n = len(ds) if opts.limit is None else min(opts.limit, len(ds))
-    prompts, refs, ids = [], [], []
-    for i in range(n):
-        sample = ds[i]
-        prompt, ref = prompt_and_reference(sample, processor.tokenizer, em.family.turn_end)
-        if opts.blank_images:
-            prompt["images"] = [_blank(p) for p in prompt["images"]]
-        prompts.append(prompt)
-        refs.append(ref)
-        ids.append(sample.get("id"))
-    replies = generate_replies(em.model, processor, prompts, max_new_tokens=opts.max_new_tokens,
-                               batch_size=opts.batch_size, desc=desc, samples=opts.samples,
-                               temperature=opts.temperature, seed=opts.seed)
-    per = opts.samples if opts.temperature is not None else 1
+    prompts = [prompt_from_sample(ds[i], em.processor.tokenizer, em.family, em.prefix) for i in range(n)]
+    batches = [blank_media(p.batch) if blank else p.batch for p in prompts]
+    replies = generate_replies(em.model, em.processor, batches, max_new_tokens=opts.max_new_tokens,
+                               batch_size=opts.batch_size, samples=opts.samples, temperature=opts.temperature,
+                               seed=opts.seed, desc=desc)
     rows = []
-    for k, reply in enumerate(replies):
-        i = k // per
-        pred = extract_answer(reply)
-        row = {"index": i, "id": ids[i], "reference": refs[i], "predicted": pred,
-               "correct": answers_match(pred, refs[i]), "reply": reply}
-        if per > 1:
-            row["sample"] = k % per
+    for k, gen in enumerate(replies):
+        p = prompts[k // opts.samples]
+        row = {"id": p.id, "sample": k % opts.samples, "condition": "blank" if blank else "real"}
+        row.update(score_reply(p.prefix + gen.text, p.reference, num_tokens=gen.num_tokens,
+                               hit_budget=gen.hit_budget, reference_reply=p.reference_reply,
+                               think=em.family.think_tokens, rel_tol=opts.rel_tol))
         rows.append(row)
     return rows
 
 
-def summarize(rows: list[dict], opts: EvalOptions) -> dict:
-    n = len(rows)
-    correct = sum(r["correct"] for r in rows)
-    return {"n": n, "correct": correct, "accuracy": correct / n if n else 0.0,
-            "blank_images": opts.blank_images,
-            "mean_reply_chars": sum(len(r["reply"]) for r in rows) / n if n else 0.0}
+def write_results(out_dir: str | Path, rows: list[dict], settings: dict, title: str) -> dict:
+    """samples.jsonl, summary.json (metrics + settings) and report.md; returns the summary."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(rows)
+    write_text_atomic(out / SAMPLES, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_json_atomic(out / SUMMARY, {**summary, "settings": settings})
+    write_text_atomic(out / REPORT, markdown_report(summary, rows, title))
+    return summary
 
 
-def evaluate(em: EvalModel, dataset_dir: str | Path, opts: EvalOptions, *,
-             out_jsonl: str | Path | None = None, desc: str = "eval") -> dict:
-    """Score a built dataset; write the rows (and a `.summary.json`) when `out_jsonl` is given."""
-    rows = score(em, dataset_dir, opts, desc=desc)
-    report = summarize(rows, opts)
-    if out_jsonl:
-        out_jsonl = Path(out_jsonl)
-        out_jsonl.parent.mkdir(parents=True, exist_ok=True)
-        with open(out_jsonl, "w", encoding="utf-8") as fh:
-            for r in rows:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-        write_json_atomic(out_jsonl.with_suffix(".summary.json"), report)
-    return report
+def evaluate(em: EvalModel, dataset_dir: str | Path, opts: EvalOptions, out_dir: str | Path, *,
+             desc: str = "eval", settings: dict | None = None) -> dict:
+    """Score a built dataset (and again on blank media with `opts.blank_images`); write OUT."""
+    rows = score_dataset(em, dataset_dir, opts, desc=desc)
+    if opts.blank_images:
+        rows += score_dataset(em, dataset_dir, opts, blank=True, desc=f"{desc}, blank media")
+    settings = {**em.info, "data": str(dataset_dir), "options": asdict(opts), **(settings or {})}
+    return write_results(out_dir, rows, settings, f"Evaluation of {Path(em.info.get('model', '')).name}")
+
+
+def prepare_data(data: str | Path, model_dir: Path, out_dir: Path, processor_settings: dict,
+                 reasoning: str | None) -> tuple[Path, dict]:
+    """A built dataset folder for `data`: as given when built, else built from the raw
+    file(s) into OUT/data with the model's processor (and the run's settings)."""
+    data = Path(data)
+    if is_built(data):
+        return data, {}
+    from ..data.build import BuildConfig, build
+    if not data.exists():
+        raise UserError("--data does not exist", path=str(data))
+    report = build(BuildConfig(input=str(data), model=str(model_dir), out=str(out_dir / "data"),
+                               reasoning=reasoning, **processor_settings))
+    if not report["kept"]:
+        raise UserError(f"no usable records ({report['quarantined']} quarantined, see "
+                        f"{out_dir / 'data' / 'quarantine.jsonl'})", path=str(data))
+    return out_dir / "data", {"data_build": {k: report[k] for k in ("input_records", "kept", "quarantined")}}
+
+
+def run_eval(out_dir: str | Path, opts: EvalOptions, *, model: str | Path | None = None,
+             adapter: str | Path | None = None, run: str | Path | None = None,
+             data: str | Path | None = None) -> dict:
+    """The `qvq-tune eval` flow; returns the summary."""
+    out_dir = Path(out_dir)
+    processor, reasoning, run_dtype = {}, None, None
+    if run is not None:
+        folder = RunFolder(run)
+        recipe = folder.recipe()
+        full = not (folder.adapter / "adapter_config.json").is_file()
+        model = model or (folder.adapter if full else folder.model_dir())
+        adapter = adapter or (None if full else folder.adapter)
+        processor, reasoning = folder.processor_settings(), folder.dataset().get("reasoning")
+        run_dtype = recipe.get("dtype")
+        data = data or folder.dataset().get("eval")
+        if recipe.get("method") == "qlora":
+            opts = replace(opts, load_in_4bit=True)    # evaluate the base as QLoRA trained it
+    if model is None or data is None:
+        raise UserError("eval needs --model (or --run) and --data (or a run with data.eval)", key="data")
+    dataset, build_info = prepare_data(data, Path(model), out_dir, processor, reasoning)
+    em = load_for_eval(model, adapter, opts, processor_settings=processor, run_dtype=run_dtype)
+    settings = {"run": str(run) if run else None, "reasoning": reasoning, **build_info}
+    return evaluate(em, dataset, opts, out_dir, settings=settings)

@@ -1,8 +1,11 @@
-"""Human-facing summaries: a rich table and a PNG of the loss curve and accuracies."""
+"""Human-facing summaries: a rich table, a PNG of the loss curve and accuracies, and
+the markdown evaluation report (metric table and worst samples)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from .scoring import METRICS
 
 
 def plot_run(metrics: list[dict], accuracies: dict[str, float], out_png: str | Path, title: str,
@@ -45,13 +48,62 @@ def plot_run(metrics: list[dict], accuracies: dict[str, float], out_png: str | P
     return out_png
 
 
-def print_summary(rows: list[tuple[str, str]], title: str) -> None:
+def print_summary(rows: list[tuple[str, ...]], title: str, columns: tuple[str, ...] = ("metric", "value")) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in rows:
-        table.add_row(k, v)
+    for i, name in enumerate(columns):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
     Console(stderr=False).print(table)
+
+
+# ---- markdown ------------------------------------------------------------------------------
+WORST_SHOWN = 10
+EXCERPT = 240
+
+
+def is_share(name: str) -> bool:
+    """Rates and accuracies (shown in percent, compared in points)."""
+    return name.endswith(("_rate", "accuracy")) or name in ("pass_at_n", "image_reliance")
+
+
+def format_metric(name: str, value) -> str:
+    """A metric as people read it: shares in percent, the rest as numbers."""
+    if value is None:
+        return "-"
+    if is_share(name):
+        return f"{value:.1%}"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _excerpt(text: str) -> str:
+    text = " ".join(text.split())
+    if len(text) > 2 * EXCERPT:
+        text = f"{text[:EXCERPT]} [...] {text[-EXCERPT:]}"
+    return text.replace("|", "\\|")
+
+
+def worst_rows(rows: list[dict], k: int = WORST_SHOWN) -> list[dict]:
+    """Wrong replies first, then by how many diagnostics fired and how loopy they are."""
+    real = [r for r in rows if r.get("condition", "real") == "real"]
+    ranked = sorted(real, key=lambda r: (r["correct"], -len(r["diagnostics"]["flags"]),
+                                         -r["diagnostics"]["loop"]["score"]))
+    return [r for r in ranked if not r["correct"] or r["diagnostics"]["flags"]][:k]
+
+
+def markdown_report(summary: dict, rows: list[dict], title: str) -> str:
+    lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {name} | {format_metric(name, summary.get(name))} |" for name, _ in METRICS if name in summary]
+    lines += ["", "Counts: " + ", ".join(f"{k} {summary[k]}" for k in (
+        "correct", "truncated", "no_answer", "hit_budget", "loops", "language_mix", "inconsistent")), "",
+        "Matched by: " + (", ".join(f"{k} {v}" for k, v in summary["matched_by"].items()) or "-"),
+        "Answers found by: " + ", ".join(f"{k} {v}" for k, v in summary["answer_sources"].items()), "",
+        "## Worst samples", "", "| id | reference | extracted | flags | reply |", "|---|---|---|---|---|"]
+    for r in worst_rows(rows):
+        flags = ", ".join(r["diagnostics"]["flags"]) or ("wrong" if not r["correct"] else "")
+        lines.append(f"| {r['id']} | {_excerpt(str(r['reference']))} | {_excerpt(str(r['extracted']))} | "
+                     f"{flags} | {_excerpt(r['reply'])} |")
+    return "\n".join(lines) + "\n"

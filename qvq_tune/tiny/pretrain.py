@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..data.build import BuildConfig, build
-from ..eval.evaluate import EvalOptions, load_for_eval, score
+from ..eval.evaluate import EvalOptions, load_for_eval, score_dataset
 from ..models.tiny_shapes import TinySpec
 from ..paths import atomic_dir, cache_dir, write_json_atomic
 from ..run_folder import ADAPTER_DIR, METRICS, RECIPE, TRAIN_REPORT
@@ -132,12 +132,12 @@ def caption_accuracy(model_dir: Path, per_kind: int, seed: str, work: Path) -> d
     questions = write_captions(work / "captions", per_kind, seed, kinds=CHECKED_KINDS)
     build(BuildConfig(input=str(questions), model=str(model_dir), out=str(work / "built"),
                       reasoning="answer-only", reuse=False))
-    em = load_for_eval(model_dir, None, EvalOptions())
+    opts = EvalOptions(max_new_tokens=8, batch_size=64, dtype="float32", device="cpu")
+    em = load_for_eval(model_dir, None, opts)
     accuracy = {}
     for blank in (False, True):
-        opts = EvalOptions(max_new_tokens=8, batch_size=64, blank_images=blank)
         hits = defaultdict(list)
-        for row in score(em, work / "built", opts, desc="check tiny base"):
+        for row in score_dataset(em, work / "built", opts, blank=blank, desc="check tiny base"):
             hits[row["id"].split("-")[0]].append(row["correct"])
         for kind, values in hits.items():
             accuracy[("blank_" if blank else "") + kind] = round(sum(values) / len(values), 4)

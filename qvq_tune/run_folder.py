@@ -35,7 +35,7 @@ RECIPE, BASE_MODEL, DATASET, TEMPLATE = "recipe.yaml", "base_model.json", "datas
 ACCELERATE_CONFIG, METRICS, TRAIN_LOG, TRAIN_REPORT = ("accelerate_config.yaml", "metrics.jsonl",
                                                        "train.log", "train_report.json")
 ADAPTER_DIR, CHECKPOINTS, PLOT = "adapter", "checkpoints", "loss.png"
-MEDIA_SETTINGS = ("fps", "max_frames", "reasoning", "system")
+MEDIA_SETTINGS = ("fps", "max_frames", "system")
 LOCK = ".train.lock"
 COMPLETE_MARKER = "qvq_tune_complete.json"       # written into a checkpoint once every rank saved it
 
@@ -139,6 +139,7 @@ def dataset_record(train_data: str | Path, eval_data: str | Path | None = None) 
         settings, model = report.get("settings", {}), report.get("model", {})
         info.update(fingerprint=report.get("fingerprint"), kept=report.get("kept"),
                     family=model.get("family"), processor_hash=model.get("processor_hash"),
+                    reasoning=settings.get("reasoning"),
                     processor=processor_settings(train_data),
                     media={k: settings.get(k) for k in MEDIA_SETTINGS})
     return info

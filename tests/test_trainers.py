@@ -331,8 +331,9 @@ def test_a_build_with_other_pixel_limits_trains_evaluates_and_exports(tmp_path, 
     train(recipe, in_process=True)
     assert json.loads((recipe.run_dir / "dataset.json").read_text())["processor"] == \
         {"min_pixels": 3136, "max_pixels": 3136}
-    opts = EvalOptions(max_new_tokens=8, limit=4)
-    assert evaluate(load_for_eval(model, recipe.run_dir / "adapter", opts), tmp_path / "test", opts)["n"] == 4
+    opts = EvalOptions(max_new_tokens=8, limit=4, device="cpu")
+    assert evaluate(load_for_eval(model, recipe.run_dir / "adapter", opts), tmp_path / "test", opts,
+                    tmp_path / "eval")["n"] == 4
     assert export_run(recipe.run_dir, tmp_path / "export")["verification"]["passed"]
 
 

@@ -86,6 +86,7 @@ class ModelFamily:
     text_end: str = "<|endoftext|>"         # the padding token
     think_tokens: tuple[str, str] = THINK_TOKENS
     is_moe: bool = False
+    liger_patch: str | None = None          # liger_kernel.transformers function patching this family
 
     @property
     def pixel_factor(self) -> int:
@@ -172,6 +173,7 @@ FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
         chat_template="qwen2_vl.jinja", default_system_prompt=QWEN_SYSTEM_PROMPT,
         reasoning_style="qvq", patch_size=14,
         added_tokens=QWEN2_VL_ADDED, tiny_vision_config=qwen2_vl_vision_config,
+        liger_patch="apply_liger_kernel_to_qwen2_vl",
     ),
     ModelFamily(
         name="qwen2_5_vl", model_types=("qwen2_5_vl",),
@@ -186,6 +188,7 @@ FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
         chat_template="qwen2_5_vl.jinja", default_system_prompt=QWEN_SYSTEM_PROMPT,
         reasoning_style="qvq", patch_size=14,
         added_tokens=QWEN2_5_VL_ADDED, tiny_vision_config=qwen2_5_vl_vision_config,
+        liger_patch="apply_liger_kernel_to_qwen2_5_vl",
     ),
     ModelFamily(
         name="qwen3_vl", model_types=("qwen3_vl",),
@@ -200,6 +203,7 @@ FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
         chat_template="qwen3_vl_thinking.jinja", default_system_prompt=None,
         reasoning_style="think", patch_size=16, mrope_interleaved=True,
         added_tokens=QWEN3_VL_ADDED, tiny_vision_config=qwen3_vl_vision_config,
+        liger_patch="apply_liger_kernel_to_qwen3_vl",
     ),
     ModelFamily(
         name="qwen3_vl_moe", model_types=("qwen3_vl_moe",),
@@ -214,6 +218,7 @@ FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
         chat_template="qwen3_vl_thinking.jinja", default_system_prompt=None,
         reasoning_style="think", patch_size=16, mrope_interleaved=True, is_moe=True,
         added_tokens=QWEN3_VL_ADDED, tiny_vision_config=qwen3_vl_vision_config,
+        liger_patch="apply_liger_kernel_to_qwen3_vl_moe",
     ),
 )}
 

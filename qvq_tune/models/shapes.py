@@ -21,7 +21,8 @@ _QWEN25_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_he
 
 def _text(hidden, layers, inter, heads, kv, vocab=152064, tied=False):
     return dict(hidden_size=hidden, num_hidden_layers=layers, intermediate_size=inter,
-                num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab, tie_word_embeddings=tied)
+                num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab, tie_word_embeddings=tied,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]})
 
 
 # family-size -> (family, text config, vision config), from the checkpoints' config.json.

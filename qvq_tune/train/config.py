@@ -139,6 +139,11 @@ class DpoConfig:
 
 
 @dataclass
+class KernelConfig:
+    liger: bool = False                   # Liger's fused RMSNorm / LayerNorm / SwiGLU / M-RoPE (GPU)
+
+
+@dataclass
 class LaunchConfig:
     accelerate_config: str = "single"     # a packaged preset (accelerate_configs/) or a path
     num_processes: int = 1
@@ -159,6 +164,7 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    kernels: KernelConfig = field(default_factory=KernelConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     report_to: Literal["none", "wandb", "tensorboard"] = "none"
 

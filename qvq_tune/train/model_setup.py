@@ -50,6 +50,9 @@ def build_model(recipe: Recipe, family: ModelFamily, model_dir: str, *, adapter:
     from transformers import set_seed
 
     set_seed(recipe.optim.seed)          # before any weight (LoRA init included) is created
+    if recipe.kernels.liger:
+        from .kernels import apply_liger
+        apply_liger(family)              # patches module classes: before the model is built
     quantized = recipe.method == "qlora"
     model = load_model(model_dir, dtype=recipe.dtype, load_in_4bit=quantized, quant_type=recipe.quant.type,
                        double_quant=recipe.quant.double_quant)

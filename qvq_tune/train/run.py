@@ -64,6 +64,12 @@ def check(recipe: Recipe, source: str | None = None, *, model_built: bool = True
         from .dpo import start_adapter
         if not (Path(start_adapter(adapter)) / "adapter_config.json").is_file():
             fail("dpo.start_adapter", f"{adapter}: no adapter_config.json (give an adapter folder or a run folder)")
+    if recipe.kernels.liger and family is not None:
+        from ..models.registry import get_family
+        from .kernels import liger_problem
+        problem = liger_problem(get_family(family))
+        if problem:
+            fail("kernels.liger", problem)
     if recipe.report_to != "none" and importlib.util.find_spec(recipe.report_to) is None:
         fail("report_to", f"{recipe.report_to} is not installed (pip install {recipe.report_to}), or use none")
 

@@ -9,6 +9,8 @@ build time, and adds `mm_token_type_ids`, which Qwen VL's forward needs with ima
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from .media import load_video_frames
@@ -21,6 +23,7 @@ class VisionCollator:
                  cache_bytes: int = 1 << 30, cache_dir: str | None = None, packing: bool = False):
         self.processor = processor
         self.packing = packing          # all samples in one row, no padding (see train/packing.py)
+        self.seconds = 0.0              # spent collating (this process)
         self.pad_id = processor.tokenizer.pad_token_id
         self.padding_side = padding_side
         self.pad_to_multiple_of = pad_to_multiple_of
@@ -73,8 +76,13 @@ class VisionCollator:
         return batch
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
-        if self.packing:
-            return self.packed(samples)
+        started = time.perf_counter()
+        try:
+            return self.packed(samples) if self.packing else self.padded(samples)
+        finally:
+            self.seconds += time.perf_counter() - started     # data time, for the run report
+
+    def padded(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         ids = [s["input_ids"] for s in samples]
         batch = {
             "input_ids": self._pad(ids, self.pad_id),
@@ -93,7 +101,7 @@ class VisionPreferenceCollator(VisionCollator):
     sample (right-padded), `completion_mask` on the replies only, and each prompt's media
     once per row (the chosen and rejected rows of a pair share the same images)."""
 
-    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+    def padded(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         rows, completion = [], []
         for side in ("chosen", "rejected"):
             for s in samples:

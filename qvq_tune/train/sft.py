@@ -3,6 +3,7 @@
 One readable flow, run in every process that `accelerate launch` starts (or in-process):
 run folder -> base model folder -> processor (with the dataset's settings) -> dataset
 -> model (+ LoRA) -> trainer -> train -> save adapter and report into the run folder.
+The trainer is TRL's, with per-token loss weights (`train/weighted_sft.py`).
 Launching (single process, DDP, ZeRO-2/3) is `train/run.py`'s job; this module never
 branches on it.
 """
@@ -50,7 +51,7 @@ def sft_config(recipe: Recipe, run: RunFolder):
 
 
 def run_sft(recipe: Recipe, run: RunFolder) -> dict:
-    from trl import SFTTrainer
+    from .weighted_sft import WeightedSFTTrainer
 
     t0 = time.time()
     model_dir = recipe.model
@@ -59,8 +60,8 @@ def run_sft(recipe: Recipe, run: RunFolder) -> dict:
     train_ds = load_samples(recipe.data.train)
     model = build_model(recipe, family, model_dir)
     args = sft_config(recipe, run)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds,
-                         data_collator=VisionCollator(processor), processing_class=processor,
+    trainer = WeightedSFTTrainer(model=model, args=args, train_dataset=train_ds,
+                         data_collator=VisionCollator(processor, loss_weights=True), processing_class=processor,
                          callbacks=[MetricsJsonl(run.file(METRICS))])
     result = trainer.train()
     trainer.save_model(str(run.adapter))

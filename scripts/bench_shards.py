@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -31,12 +30,10 @@ def main() -> None:
     ap.add_argument("--work-dir", help="keep files here (default: a temporary folder)")
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="qvq-bench-shards-"))
-    try:
-        run(args, work)
-    finally:
-        if not args.work_dir:
-            shutil.rmtree(work, ignore_errors=True)
+    if args.work_dir:
+        return run(args, Path(args.work_dir))
+    with tempfile.TemporaryDirectory(prefix="qvq-bench-shards-") as work:
+        run(args, Path(work))
 
 
 def run(args, work: Path) -> None:

@@ -230,20 +230,22 @@ def test_llamafactory_v1_multimodal_multi_turn_image_url_values():
                                                              image("data/mllm_demo_data/3.jpg")]
 
 
-def test_llamafactory_v1_video_reasoning_parts_and_weights():
-    # The v1 shape LLaMA-Factory's converter writes (tests_v1/plugins/data_plugins/test_converter.py),
-    # plus a reasoning part and per-reply weights.
-    ex = read({"messages": [
-        {"role": "user", "content": [{"type": "text", "value": "What is "}, {"type": "image_url", "value": "a.jpg"},
-                                     {"type": "text", "value": " and what happens in "},
-                                     {"type": "video_url", "value": "v.mp4"}, {"type": "text", "value": "?"}],
-         "loss_weight": 0.0},
-        {"role": "assistant", "content": [{"type": "text", "value": "An image and a video."}], "loss_weight": 0.0},
+def v1_video_record(*weights: float) -> dict:
+    """LLaMA-Factory's own v1 video record (what its converter writes, see tests/data/SOURCES.md)
+    with reply weights set, then a second exchange whose reply has a reasoning part."""
+    record = jsonl(DATA / "llamafactory_v1" / "converter_multimodal.jsonl")[0]
+    record["messages"][1]["loss_weight"] = weights[0]
+    record["messages"] += [
         {"role": "user", "content": [{"type": "text", "value": "How many frames?"}], "loss_weight": 0.0},
         {"role": "assistant", "content": [{"type": "reasoning", "value": "I count them."},
-                                          {"type": "text", "value": "Four."}], "loss_weight": 2.0}]})
-    assert shape(ex.turns[0]) == [("text", "What is "), image("a.jpg"), ("text", " and what happens in "),
-                                  ("video", "v.mp4"), ("text", "?")]
+                                          {"type": "text", "value": "Four."}], "loss_weight": weights[1]}]
+    return record
+
+
+def test_llamafactory_v1_video_reasoning_parts_and_weights():
+    ex = read(v1_video_record(0.0, 2.0))
+    assert shape(ex.turns[0]) == [("text", "What is "), image("/p/a.jpg"), ("text", " and what happens in "),
+                                  ("video", "/p/v.mp4"), ("text", "?")]
     assert [(t.loss_weight, t.reasoning, t.text) for t in ex.turns if t.role == "assistant"] == [
         (0.0, None, "An image and a video."), (2.0, "I count them.", "Four.")]
 

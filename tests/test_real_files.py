@@ -65,23 +65,15 @@ def test_llamafactory_v1_sft_and_dpo_demos(tiny_model, tmp_path):
 
 
 def test_llamafactory_v1_video_with_loss_weights(tiny_model, media_files):
-    # LLaMA-Factory's own v1 video record (tests_v1/plugins/data_plugins/test_converter.py,
-    # test_sharegpt_converter_multimodal), paths made relative, then a second turn of weight 2.
+    from .test_readers import v1_video_record
     media_files.image("p/a.jpg")
     media_files.video("p/v.mp4", frames=8)
-    record = {"messages": [
-        {"role": "user", "content": [{"type": "text", "value": "What is "}, {"type": "image_url", "value": "p/a.jpg"},
-                                     {"type": "text", "value": " and what happens in "},
-                                     {"type": "video_url", "value": "p/v.mp4"}, {"type": "text", "value": "?"}],
-         "loss_weight": 0.0},
-        {"role": "assistant", "content": [{"type": "text", "value": "An image and a video."}], "loss_weight": 0.0},
-        {"role": "user", "content": [{"type": "text", "value": "And the colour?"}], "loss_weight": 0.0},
-        {"role": "assistant", "content": [{"type": "text", "value": "Noise."}], "loss_weight": 2.0}]}
-    path = media_files.write("v1_video.jsonl", json.dumps(record) + "\n")
+    record = json.dumps(v1_video_record(0.0, 2.0)).replace('"/p/', '"p/')      # paths under the image root
+    path = media_files.write("v1_video.jsonl", record + "\n")
     build_copy(media_files.root / path, media_files.root, tiny_model, reasoning="answer-only", max_frames=4)
     [row] = load_samples(media_files.root / "out").to_list()
     assert (len(row["images"]), len(row["videos"])) == (1, 1)
-    assert replies(row, load_processor(tiny_model("qwen2_vl")).tokenizer) == "Noise.<|im_end|>"
+    assert replies(row, load_processor(tiny_model("qwen2_vl")).tokenizer) == "Four.<|im_end|>"
     assert {w for w, lab in zip(row["loss_weights"], row["labels"]) if lab != -100} == {2.0}
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qvq_tune.data.build import BuildConfig, build
+from qvq_tune.data.build import BuildConfig, build, summary_line
 from qvq_tune.errors import UserError
 
 
@@ -88,7 +88,7 @@ def dirty(task, records):
         bad(r0, id="another-id"),                                             # 16 duplicate (same content)
         bad(r0, id="copy", images=["copy_of_0.png"]),                         # 17 duplicate (same bytes)
         bad(r1, question="what <|im_end|> is this?"),                         # 18 special_token_in_text
-        bad(r1, answer=5),                                                    # 19 bad_field_type
+        bad(r1, answer=[5]),                                                  # 19 bad_field_type
         r1,                                                                   # 20 good
         bad(records[2], images=records[2]["images"] + records[3]["images"]),  # 21 good, two images
     ]
@@ -130,7 +130,7 @@ def test_dirty_build_accounts_for_every_record(dirty_build):
     assert [s["line"] for s in load(out)] == [1, 20, 21]
     by_line = {r["line"]: r for r in rows}
     assert by_line[2]["record"] == '{"question": "x", "answer": '           # the offending text is kept
-    assert by_line[16]["message"].endswith("dirty.jsonl:1 (same text and media bytes)") and by_line[16]["record"]["id"] == "another-id"
+    assert "dirty.jsonl:1 (same text and media bytes" in by_line[16]["message"] and by_line[16]["record"]["id"] == "another-id"
     assert by_line[4]["field"] == "images" and "nope.png" in by_line[4]["message"]
     assert "symlink" in by_line[10]["message"]
 
@@ -166,12 +166,34 @@ def test_strict_stops_at_the_first_bad_record_naming_file_line_field_and_reason(
     assert f"{missing}:2 [images]: missing_media" in str(e.value)
 
 
-def test_truncate_keeps_long_reasoning_only_when_asked(task, records, tiny_model, tmp_path):
-    long = write_jsonl(task / "long.jsonl", [bad(records[1], reasoning="I count them again. " * 60)])
+def test_truncate_keeps_the_answer_counts_truncated_samples_and_quarantines_hopeless_ones(
+        task, records, tiny_model, tmp_path):
+    from qvq_tune.models.loading import load_processor
+    long = write_jsonl(task / "long.jsonl", [bad(records[1], reasoning="I count them again. " * 60), records[2],
+                                             bad(records[3], question="How many? " * 150)])
     report = build(config(long, tmp_path / "cut", tiny_model, max_tokens=256, truncate=True))
-    assert report["kept"] == 1 and load(tmp_path / "cut")[0]["num_tokens"] == 256
+    assert (report["kept"], report["truncated"], report["quarantine_reasons"]) == (2, 1, {"too_long": 1})
+    assert "1 truncated" in summary_line(report)
+    rows = load(tmp_path / "cut").to_list()
+    assert [r["truncated"] for r in rows] == [True, False] and rows[0]["num_tokens"] <= 256
+    tokenizer = load_processor(tiny_model("qwen2_vl")).tokenizer
+    reply = tokenizer.decode([t for t, lab in zip(rows[0]["input_ids"], rows[0]["labels"]) if lab != -100])
+    assert reply.endswith("\\]<|im_end|>") and f"boxed{{{records[1]['answer']}}}" in reply
+    assert "I count them again." in reply and "..." in reply
+    assert "never cut" in read_quarantine(tmp_path / "cut")[0]["message"]
     with pytest.raises(UserError, match="--truncate needs --max-tokens"):
         config(long, tmp_path / "x", tiny_model, truncate=True)
+
+
+def test_duplicates_name_the_first_copy_unless_kept(task, records, tiny_model, tmp_path):
+    path = write_jsonl(task / "dups.jsonl", [records[0], records[1], bad(records[0], id="again")])
+    report = build(config(path, tmp_path / "q", tiny_model))
+    [row] = read_quarantine(tmp_path / "q")
+    assert (report["kept"], row["line"], row["reason"]) == (2, 3, "duplicate")
+    assert f"{path}:1 (" in row["message"] and "--keep-duplicates" in row["message"]
+    kept = build(config(path, tmp_path / "k", tiny_model, keep_duplicates=True))
+    assert (kept["kept"], kept["duplicates_kept"], kept["quarantined"]) == (3, 1, 0)
+    assert [r["id"] for r in load(tmp_path / "k")] == [records[0]["id"], records[1]["id"], "again"]
 
 
 def test_rerun_reuses_the_cache_until_input_media_or_settings_change(task, records, tiny_model, tmp_path):

@@ -15,6 +15,8 @@ CASES = {
     "native.jsonl": [], "native_dpo.jsonl": [], "sharegpt.json": [], "sharegpt_dpo.json": [],
     "llava.json": [], "messages.jsonl": [], "messages_dpo.jsonl": [], "swift.jsonl": [],
     "custom_columns.jsonl": ["--columns", "question=problem,answer=solution,images=image_path"],
+    "llamafactory_v1.jsonl": [], "llamafactory_v1_dpo.jsonl": [], "swift_conversation.jsonl": [],
+    "reasoning_fields.jsonl": [],
 }
 
 

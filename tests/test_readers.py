@@ -201,6 +201,133 @@ def test_swift_images_without_placeholder_go_first_and_dpo():
     assert isinstance(pair, PreferencePair) and (pair.chosen.reasoning, pair.rejected.text) == ("t", "bad")
 
 
+# ---------------------------------------------------------------- LLaMA-Factory v1 (tests/data/llamafactory_v1)
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_llamafactory_v1_sft_rows_with_loss_weights():
+    rows = jsonl(DATA / "llamafactory_v1" / "v1_sft_demo.jsonl")
+    for row in rows:
+        ex = read(row)
+        assert isinstance(ex, Conversation) and [t.role for t in ex.turns] == ["user", "assistant"]
+        assert ex.turns[1].loss_weight == 1.0 and ex.turns[1].text.startswith(("Hello!", "I am"))
+    assert read(rows[0]).turns[0].text == "hi"
+
+
+def test_llamafactory_v1_multimodal_multi_turn_image_url_values():
+    rows = jsonl(DATA / "llamafactory_v1" / "v1_multimodal_demo.jsonl")
+    ex = read(rows[0])
+    assert [t.role for t in ex.turns] == ["user", "assistant", "user", "assistant"]
+    assert shape(ex.turns[0]) == [image("data/mllm_demo_data/1.jpg"), ("text", "Who are they?")]
+    assert shape(ex.turns[2]) == [("text", "What are they doing?"), image("data/mllm_demo_data/1.jpg")]
+    assert ex.turns[3].text == "They are celebrating on the soccer field."
+    assert [shape(read(r).turns[0])[0] for r in rows[1:]] == [image("data/mllm_demo_data/2.jpg"),
+                                                             image("data/mllm_demo_data/3.jpg")]
+
+
+def v1_video_record(*weights: float) -> dict:
+    """LLaMA-Factory's own v1 video record (what its converter writes, see tests/data/SOURCES.md)
+    with reply weights set, then a second exchange whose reply has a reasoning part."""
+    record = jsonl(DATA / "llamafactory_v1" / "converter_multimodal.jsonl")[0]
+    record["messages"][1]["loss_weight"] = weights[0]
+    record["messages"] += [
+        {"role": "user", "content": [{"type": "text", "value": "How many frames?"}], "loss_weight": 0.0},
+        {"role": "assistant", "content": [{"type": "reasoning", "value": "I count them."},
+                                          {"type": "text", "value": "Four."}], "loss_weight": weights[1]}]
+    return record
+
+
+def test_llamafactory_v1_video_reasoning_parts_and_weights():
+    ex = read(v1_video_record(0.0, 2.0))
+    assert shape(ex.turns[0]) == [("text", "What is "), image("/p/a.jpg"), ("text", " and what happens in "),
+                                  ("video", "/p/v.mp4"), ("text", "?")]
+    assert [(t.loss_weight, t.reasoning, t.text) for t in ex.turns if t.role == "assistant"] == [
+        (0.0, None, "An image and a video."), (2.0, "I count them.", "Four.")]
+
+
+def test_llamafactory_v1_dpo_chosen_and_rejected_messages():
+    rows = jsonl(DATA / "llamafactory_v1" / "v1_dpo_demo.jsonl")
+    for row in rows:
+        pair = read(row)
+        assert isinstance(pair, PreferencePair) and [t.role for t in pair.prompt] == ["system", "user"]
+        assert pair.chosen.text != pair.rejected.text
+    assert read(rows[1]).chosen.text == "D: considerate"
+    user = {"role": "user", "content": [{"type": "image_url", "value": "s.png"},
+                                        {"type": "text", "value": "How many?"}], "loss_weight": 0.0}
+    pair = read({"chosen_messages": [user, {"role": "assistant", "content": [{"type": "text", "value": "2"}]}],
+                 "rejected_messages": [user, {"role": "assistant", "content": [{"type": "text", "value": "3"}]}]})
+    assert shape(pair.prompt[0]) == [image("s.png"), ("text", "How many?")]
+
+
+def test_swift_loss_and_loss_scale_keys():
+    ex = read({"messages": [{"role": "user", "content": "Hello!"},
+                            {"role": "assistant", "content": "Hi, how can I help you?", "loss": False},
+                            {"role": "user", "content": "What is 1+1?"},
+                            {"role": "assistant", "content": "It equals 2", "loss_scale": 2.0}]})
+    assert [t.loss_weight for t in ex.turns if t.role == "assistant"] == [0.0, 2.0]
+
+
+# ---------------------------------------------------------------- ms-swift conversation rows
+
+def test_swift_conversation_rows_from_its_own_test_data():
+    rows = jsonl(DATA / "ms_swift" / "sharegpt.jsonl")
+    assert [matching_readers(r) for r in rows] == [["swift"]] * 3
+    first, _, third = (read(r) for r in rows)
+    assert [(t.role, t.text) for t in first.turns] == [("system", "00000"), ("user", "11111"),
+                                                      ("assistant", "22222")]
+    assert [t.text for t in third.turns] == ["AAAAA", "BBBBB", "CCCCC", "DDDDD", "EEEEE", "FFFFF"]
+
+
+def test_swift_conversation_rows_with_images():
+    ex = read({"system": "Be brief.", "images": ["a.png", "b.png"], "conversation": [
+        {"human": "<image>What is this?", "assistant": "A square."},
+        {"user": "And this <image>?", "gpt": "<think>round</think>A circle."}]})
+    assert shape(ex.turns[1]) == [image("a.png"), ("text", "What is this?")]
+    assert shape(ex.turns[3]) == [("text", "And this "), image("b.png"), ("text", "?")]
+    assert (ex.turns[4].reasoning, ex.turns[4].text) == ("round", "A circle.")
+    ex = read({"conversation": [{"human": "Describe.", "assistant": "Dots."}], "images": "c.png"})
+    assert shape(ex.turns[0]) == [image("c.png"), ("text", "Describe.")]       # no placeholder: first
+
+
+# ---------------------------------------------------------------- numbers as text, reasoning-dataset fields
+
+def test_numbers_and_booleans_are_text():
+    ex = read({"question": "How many?", "answer": 4, "images": ["a.png"]})
+    assert ex.turns[-1].text == "4"
+    assert read({"question": "Round?", "answer": True}).turns[-1].text == "true"
+    assert read({"question": 2.5, "answer": 0.5}).turns[0].text == "2.5"
+    assert read(sg("1+1?", 2)).turns[1].text == "2"
+    assert read({"query": 7, "response": 8}).turns[-1].text == "8"
+    ex = read({"messages": [{"role": "user", "content": [{"type": "text", "text": 3}]},
+                            {"role": "assistant", "content": [{"type": "text", "value": 4}]}]})
+    assert (ex.turns[0].text, ex.turns[1].text) == ("3", "4")
+
+
+def test_reasoning_dataset_fields_are_read_and_reported():
+    counting = jsonl(DATA / "r1v" / "superclevr_test200_counting_problems.jsonl")
+    ex = read(counting[0])
+    assert shape(ex.turns[0]) == [image("./images/superCLEVR_new_025000.png"),
+                                  ("text", "How many different items are there in the image?")]
+    assert ex.turns[1].text == "4" and ex.meta["aliases"] == {"answer": "ground_truth", "images": "image_path"}
+    ex = read({"problem": "How many items?", "solution": "<answer> 3 </answer>", "image": "c.png"})   # R1-V
+    assert (ex.turns[1].text, ex.turns[1].reasoning) == ("<answer> 3 </answer>", None)
+    assert ex.meta["aliases"] == {"question": "problem", "answer": "solution"}
+    ex = read({"problem": "2x = 6", "solution": "Divide by 2.", "ground_truth": 3})    # worked solution + answer
+    assert (ex.turns[1].reasoning, ex.turns[1].text) == ("Divide by 2.", "3")
+    assert ex.meta["aliases"] == {"question": "problem", "answer": "ground_truth", "reasoning": "solution"}
+    assert "aliases" not in read({"question": "q", "answer": "a"}).meta
+    # never applied to message-list records, and --columns comes first
+    assert isinstance(read({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                            "solution": "x"}), Conversation)
+    ex = read({"problem": "p", "ground_truth": "g", "label": "l"}, columns={"answer": "label"})
+    assert ex.turns[1].text == "l" and ex.meta["aliases"] == {"question": "problem"}
+
+
 # ---------------------------------------------------------------- native, column mapping, role check
 
 def test_native_checks_roles():
@@ -245,21 +372,21 @@ def _msgs(*contents):
 
 ERRORS = [
     ({"foo": 1}, "unknown_schema", None),
-    (sg("<image>hi", "ok", images=["a.png"], system=3), "bad_field_type", "system"),
+    (sg("<image>hi", "ok", images=["a.png"], system=["s"]), "bad_field_type", "system"),
     ({"conversations": [{"from": "human"}, {"from": "gpt", "value": "x"}]}, "missing_field", "conversations[0].value"),
     ({"conversations": [{"value": "hi"}, {"from": "gpt", "value": "x"}]}, "missing_field", "conversations[0].role"),
     ({"messages": []}, "missing_field", "messages"),
     ({"query": None, "response": "x"}, "missing_field", "query"),
     ({"query": "q"}, "missing_field", "response"),
     ({"prompt": [{"role": "user", "content": "q"}], "chosen": "a", "rejected": None}, "missing_field", "rejected"),
-    (sg(5, "x"), "bad_field_type", "conversations[0].value"),
+    (sg({"text": "q"}, "x"), "bad_field_type", "conversations[0].value"),
     ({"conversations": "hi"}, "bad_field_type", "conversations"),
     ({"conversations": ["hi"]}, "bad_field_type", "conversations[0]"),
     (sg("hi", "x", images=[3]), "bad_field_type", "images"),
     ({**_msgs([{"type": "audio", "audio": "a.wav"}], "x")}, "bad_field_type", "messages[0].content[0].type"),
-    ({**_msgs([{"type": "text", "text": 1}], "x")}, "bad_field_type", "messages[0].content[0].text"),
+    ({**_msgs([{"type": "text", "text": [1]}], "x")}, "bad_field_type", "messages[0].content[0].text"),
     ({**_msgs([{"type": "text", "text": "q"}], [{"type": "image", "image": "a.png"}])},
-     "bad_field_type", "messages[1].content"),
+     "bad_field_type", "messages[1].content[0]"),
     ({"query": "q", "response": "r", "history": [["only one"]]}, "bad_field_type", "history[0]"),
     ({"query": "q", "response": "r", "history": "nope"}, "bad_field_type", "history"),
     (sg("<image>a", "x", "<image>b", "y", images=["a.png"]), "placeholder_mismatch", "conversations[2].value"),
@@ -294,12 +421,30 @@ ERRORS = [
       "rejected": "y"}, "bad_role_order", "chosen.from"),
     ({"prompt": "q", "chosen": [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}],
       "rejected": "c"}, "bad_field_type", "chosen"),
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "loss_weight": -1}]},
+     "bad_field_type", "messages[1].loss_weight"),
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "loss_weight": "1"}]},
+     "bad_field_type", "messages[1].loss_weight"),
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "loss": "no"}]},
+     "bad_field_type", "messages[1].loss"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "value": "q"}]},
+                   {"role": "assistant", "content": [{"type": "tool_call", "value": "{}"}]}]},
+     "bad_field_type", "messages[1].content[0]"),
+    ({"messages": [{"role": "user", "content": [{"type": "reasoning", "value": "q"}]},
+                   {"role": "assistant", "content": "a"}]}, "bad_field_type", "messages[0].content[0].type"),
+    ({"conversation": "hi"}, "bad_field_type", "conversation"),
+    ({"conversation": [{"human": "q"}]}, "missing_field", "conversation[0].assistant"),
+    ({"conversation": [{"human": "<image>q", "assistant": "a"}]}, "placeholder_mismatch", "conversation[0].human"),
+    ({"question": "q", "ground_truth": [4]}, "bad_field_type", "ground_truth"),      # named as the file names it
+    ({"q": "x", "a": [1]}, "bad_field_type", "a"),
 ]
 
 
 @pytest.mark.parametrize("record,code,field", ERRORS, ids=[f"{c}:{f}" for _, c, f in ERRORS])
 def test_error_codes_name_the_field(record, code, field):
-    fails(record, code, field)
+    error = fails(record, code, field, columns={"question": "q", "answer": "a"} if "q" in record else None)
+    if field in ("ground_truth", "a"):          # renamed by an alias or --columns: the file's own name
+        assert f"field '{field}'" in error.message
 
 
 def test_detectors_are_disjoint():
@@ -308,7 +453,7 @@ def test_detectors_are_disjoint():
     parts = [{"role": "user", "content": [{"type": "text", "text": "q"}]}]
     fields = {"question": "q", "answer": "a", "chosen": "c", "rejected": "r", "conversations": [],
               "image": "i.png", "video": "v.mp4", "query": "q", "prompt": "p", "completion": "c",
-              "chosen_messages": [], "rejected_messages": []}
+              "chosen_messages": [], "rejected_messages": [], "conversation": []}
     for messages in (None, [{"role": "user", "content": "q"}], parts):
         for n in range(len(fields) + 1):
             for keys in combinations(fields, n):
@@ -328,9 +473,11 @@ def test_explicit_format_bypasses_detection():
 
 EXPECTED_FORMAT = {"native.jsonl": "native", "native_dpo.jsonl": "native", "sharegpt.json": "sharegpt",
                    "sharegpt_dpo.json": "sharegpt", "llava.json": "llava", "messages.jsonl": "messages",
-                   "messages_dpo.jsonl": "messages", "swift.jsonl": "swift", "custom_columns.jsonl": "native"}
+                   "messages_dpo.jsonl": "messages", "swift.jsonl": "swift", "custom_columns.jsonl": "native",
+                   "llamafactory_v1.jsonl": "messages", "llamafactory_v1_dpo.jsonl": "messages",
+                   "swift_conversation.jsonl": "swift", "reasoning_fields.jsonl": "native"}
 COLUMNS = {"custom_columns.jsonl": {"question": "problem", "answer": "solution", "images": "image_path"}}
-DPO = {"native_dpo.jsonl", "sharegpt_dpo.json", "messages_dpo.jsonl"}
+DPO = {"native_dpo.jsonl", "sharegpt_dpo.json", "messages_dpo.jsonl", "llamafactory_v1_dpo.jsonl"}
 
 
 def _records(path: Path) -> list[dict]:
@@ -357,6 +504,7 @@ def test_templates_parse_with_auto_detection(name):
     assert 2 <= len(records) <= 4
     for i, raw in enumerate(records):
         record = base.apply_columns(raw, COLUMNS.get(name, {}))
+        record = base.apply_columns(record, base.field_aliases(record))
         assert matching_readers(record) == [EXPECTED_FORMAT[name]], (name, i)
         ex = parse(raw, Origin(str(path), line=i + 1), ReaderOptions(columns=COLUMNS.get(name, {})))
         assert isinstance(ex, PreferencePair if name in DPO else (Conversation, PreferencePair))

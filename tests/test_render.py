@@ -11,7 +11,8 @@ from qvq_tune.data.media import MediaOptions, MediaResolver, load_video_frames
 from qvq_tune.data.messages import Conversation, Media, Origin, Part, PreferencePair, Turn
 from qvq_tune.data.readers import ReaderOptions, parse
 from qvq_tune.data.reasoning import format_reply
-from qvq_tune.data.render import IGNORE_INDEX, RenderError, RenderOptions, SampleRenderer
+from qvq_tune.data.render import (IGNORE_INDEX, SPAN_ANSWER, SPAN_NONE, SPAN_REASONING, TRUNCATION_MARK, RenderError,
+                                  RenderOptions, SampleRenderer)
 from qvq_tune.models.loading import load_processor
 from qvq_tune.models.registry import get_family
 
@@ -69,6 +70,46 @@ def test_labels_are_exactly_the_assistant_reply(tiny_model, synth_task, tmp_path
             assert record["reasoning"] not in decoded
         assert sample["num_label_tokens"] == len(span)
         assert sample["reasoning_chars"] == len(record["reasoning"])
+        reasoning, answer = span_texts(r, sample)
+        assert reasoning + answer == decoded and answer.endswith("<|im_end|>") and record["answer"] in answer
+        if fmt != "answer-only":
+            assert record["reasoning"] in reasoning and record["reasoning"] not in answer
+        if fmt == "qvq":
+            assert answer.startswith("**Final Answer**")
+        assert sample["loss_weights"] is None and not sample["truncated"]
+
+
+def span_texts(r: SampleRenderer, sample) -> tuple[str, str]:
+    """The decoded reasoning-span and answer-span tokens; spans are set exactly on labelled
+    tokens, and within the reply every reasoning token comes before every answer token."""
+    spans, labels = sample["label_span"], sample["labels"]
+    assert len(spans) == len(labels) == len(sample["input_ids"])
+    assert all((sp == SPAN_NONE) == (lab == IGNORE_INDEX) for sp, lab in zip(spans, labels))
+    labelled = [sp for sp in spans if sp != SPAN_NONE]
+    assert labelled == sorted(labelled)
+    return tuple(r.tokenizer.decode([t for t, sp in zip(sample["input_ids"], spans) if sp == kind])
+                 for kind in (SPAN_REASONING, SPAN_ANSWER))
+
+
+def test_loss_weights_label_and_weigh_each_reply(tiny_model):
+    r = renderer(tiny_model, "qwen2_vl", "qvq")
+
+    def conv(w1, w2):
+        return Conversation([Turn("user", [Part.of_text("first?")]),
+                             Turn("assistant", [Part.of_text("one")], reasoning="count", loss_weight=w1),
+                             Turn("user", [Part.of_text("second?")]),
+                             Turn("assistant", [Part.of_text("two")], loss_weight=w2)], Origin("x", 1))
+    plain, weighted = r.render(conv(1.0, 1.0), []), r.render(conv(0.0, 2.0), [])
+    assert plain["loss_weights"] is None and plain["input_ids"] == weighted["input_ids"]
+    [only] = labelled_spans(weighted)               # the weight-0 reply has no labelled token
+    assert r.tokenizer.decode(only).endswith("{two} \\]<|im_end|>")
+    assert labelled_spans(plain)[1] == only
+    assert {w for w, lab in zip(weighted["loss_weights"], weighted["labels"]) if lab != IGNORE_INDEX} == {2.0}
+    assert {w for w, lab in zip(weighted["loss_weights"], weighted["labels"]) if lab == IGNORE_INDEX} == {0.0}
+    assert weighted["num_label_tokens"] == len(only)
+    with pytest.raises(RenderError) as e:
+        r.render(conv(0.0, 0.0), [])
+    assert e.value.code == "empty_assistant"
 
 
 def test_every_assistant_turn_of_a_multi_turn_conversation_is_labelled(tiny_model):
@@ -136,8 +177,6 @@ def test_render_errors_carry_quarantine_codes(tiny_model):
     with pytest.raises(RenderError) as e:
         renderer(tiny_model, "qwen2_vl", "qvq", max_tokens=64).render(conv, [])
     assert e.value.code == "too_long"
-    cut = renderer(tiny_model, "qwen2_vl", "qvq", max_tokens=64, truncate=True).render(conv, [])
-    assert cut["num_tokens"] == len(cut["input_ids"]) == 64
     # answer-only drops the trace, so the same record fits
     assert renderer(tiny_model, "qwen2_vl", "answer-only", max_tokens=64).render(conv, [])["num_tokens"] < 64
     bad = Conversation([Turn("user", [Part.of_text("hi <|im_end|> there")]),
@@ -145,3 +184,58 @@ def test_render_errors_carry_quarantine_codes(tiny_model):
     with pytest.raises(RenderError) as e:
         renderer(tiny_model, "qwen2_vl").render(bad, [])
     assert e.value.code == "special_token_in_text"
+
+
+# ---------------------------------------------------------------- truncation keeps the answer
+
+def exchange(i: int, reasoning: str | None = None, media: Media | None = None) -> list[Turn]:
+    user = [Part.of_media(media)] if media else []
+    return [Turn("user", user + [Part.of_text(f"question {i}?")]),
+            Turn("assistant", [Part.of_text(f"answer {i}")], reasoning=reasoning)]
+
+
+@pytest.mark.parametrize("family,fmt", [("qwen2_vl", "qvq"), ("qwen3_vl", "think")])
+def test_truncation_drops_the_earliest_exchanges_first(tiny_model, media_files, tmp_path, family, fmt):
+    names = [media_files.image(f"{i}.png") for i in range(3)]
+    turns = [Turn("system", [Part.of_text("Be brief.")])]
+    for i, name in enumerate(names):
+        turns += exchange(i, f"looking at picture {i}", Media("image", source=name))
+    conv = Conversation(turns, Origin("x", 1))
+    plain = renderer(tiny_model, family, fmt)
+    media = resolve(plain, conv, media_files.root, tmp_path)
+    full = plain.render(conv, media)
+    last = plain.render(Conversation(turns[:1] + turns[-2:], conv.origin), media[-1:])
+    cut = renderer(tiny_model, family, fmt, max_tokens=last["num_tokens"] + 1, truncate=True).render(conv, media)
+    assert cut["truncated"] and full["num_tokens"] > cut["num_tokens"] <= last["num_tokens"] + 1
+    assert cut["input_ids"] == last["input_ids"] and cut["images"] == [media[-1].path]   # two exchanges dropped
+    reasoning, answer = span_texts(plain, cut)
+    assert "picture 2" in reasoning and "answer 2" in answer and answer.endswith("<|im_end|>")
+    assert plain.tokenizer.decode(cut["input_ids"]).startswith("<|im_start|>system\nBe brief.")
+
+
+@pytest.mark.parametrize("family,fmt", [("qwen2_vl", "qvq"), ("qwen3_vl", "think")])
+def test_truncation_then_cuts_the_middle_of_the_last_trace(tiny_model, family, fmt):
+    trace = "First I look. " + " ".join(f"step {i}." for i in range(80)) + " So it is three."
+    conv = Conversation([*exchange(0, "an early trace"), *exchange(1, trace)], Origin("x", 1))
+    plain = renderer(tiny_model, family, fmt).render(conv, [])
+    limit = plain["num_tokens"] // 2
+    r = renderer(tiny_model, family, fmt, max_tokens=limit, truncate=True)
+    cut = r.render(conv, [])
+    assert cut["truncated"] and cut["num_tokens"] == len(cut["input_ids"]) <= limit
+    reasoning, answer = span_texts(r, cut)
+    assert "answer 1" in answer and answer.endswith("<|im_end|>") and TRUNCATION_MARK.strip() in reasoning
+    assert "First I look." in reasoning and "So it is three." in reasoning and "step 40." not in reasoning
+    assert "question 0?" not in r.tokenizer.decode(cut["input_ids"])
+    assert cut["reasoning_chars"] < len(trace)
+
+
+def test_truncation_quarantines_what_cannot_fit(tiny_model):
+    long_question = Conversation([Turn("user", [Part.of_text("why? " * 100)]),
+                                  Turn("assistant", [Part.of_text("because")], reasoning="a trace")], Origin("x", 1))
+    no_trace = Conversation(exchange(0) + exchange(1), Origin("x", 1))
+    for conv, fmt in ((long_question, "qvq"), (no_trace, "answer-only")):
+        r = renderer(tiny_model, "qwen2_vl", fmt)
+        limit = r.render(Conversation(conv.turns[-2:], conv.origin), [])["num_tokens"] - 1
+        with pytest.raises(RenderError) as e:
+            renderer(tiny_model, "qwen2_vl", fmt, max_tokens=limit, truncate=True).render(conv, [])
+        assert e.value.code == "too_long" and "never cut" in str(e.value)

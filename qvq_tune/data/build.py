@@ -5,13 +5,22 @@ canonical example (`readers.parse`), makes its media local and measured
 (`media.MediaResolver`), renders it with the model's own processor and chat template
 (`render.SampleRenderer`), and writes it; every record that cannot become a sample goes
 to the quarantine with a reason code instead (or stops the build with `--strict`).
-Always: input records = kept + quarantined.
+Always: input records = kept + quarantined. Exact duplicates (same texts and media bytes)
+are quarantined, naming the first copy, unless `--keep-duplicates`.
+
+`--num-shards N --shard-index I` builds one deterministic slice of the input (record `p`
+of the whole input, counted over all files in order, belongs to shard `p % N`), so a
+cluster array job builds the slices in parallel; `data/merge.py` joins them into the
+dataset an unsharded build would have written. Every sample and quarantine row carries
+its `record_index` (`p`) and every sample its `content_key`, which is what the merge
+orders and de-duplicates by.
 
 Layout of OUT:
     dataset/          SFT samples, `datasets.load_from_disk` (memory-mapped Arrow)
     preference/       DPO samples, when the input holds preference pairs
-    quarantine.jsonl  one row per rejected record (see quarantine.py)
-    report.json       counts, reasons, statistics, settings, fingerprint; written last,
+    quarantine.jsonl  one row per rejected record (see quarantine.py), with its `record_index`
+    report.json       counts, reasons, truncated samples, the field aliases applied (see
+                      readers/base.py), statistics, settings, fingerprint; written last,
                       so a folder without it holds no finished build
     lengths.png       histogram of sample lengths
     media/            content-addressed bytes / base64 / downloads, video frame folders
@@ -85,8 +94,13 @@ class BuildConfig:
     min_pixels: int | None = _option(None, "processor min pixels per image / video frame", metavar="N")
     max_pixels: int | None = _option(None, "processor max pixels per image / video frame", metavar="N")
     max_tokens: int | None = _option(None, "quarantine samples longer than N tokens", metavar="N")
-    truncate: bool = _option(False, "cut samples over --max-tokens instead of quarantining")
+    truncate: bool = _option(False, "fit samples over --max-tokens: drop the earliest exchanges, then cut "
+                                    "the middle of the reasoning trace (never the answer)")
     strict: bool = _option(False, "stop at the first bad record")
+    keep_duplicates: bool = _option(False, "keep exact duplicates (by default they are quarantined)")
+    num_shards: int = _option(1, "split the input into N slices built separately (e.g. a Slurm array); "
+                                 "join them with `qvq-tune data merge`", metavar="N")
+    shard_index: int = _option(0, "the slice this build makes, 0 .. N-1", metavar="I")
     columns: dict[str, str] = _option({}, "rename your fields, e.g. question=problem,answer=solution",
                                       metavar="CANONICAL=YOURS,...", parse=parse_columns)
     allow_remote: bool = _option(False, "download http(s) media")
@@ -118,7 +132,7 @@ class BuildConfig:
                             f"{', '.join(REASONING_FORMATS)}", key="reasoning")
         self.filters = parse_filters(self.filters if isinstance(self.filters, str) else ",".join(self.filters))
         for name in ("min_pixels", "max_pixels", "max_tokens", "workers", "max_frames", "max_image_pixels",
-                     "max_trace_tokens"):
+                     "max_trace_tokens", "num_shards"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}",
@@ -130,6 +144,9 @@ class BuildConfig:
             raise UserError("--max-frames must be at least 2 (the processor's temporal patch)", key="max_frames")
         if not self.fps > 0:
             raise UserError(f"--fps must be positive, got {self.fps!r}", key="fps")
+        if not isinstance(self.shard_index, int) or not 0 <= self.shard_index < self.num_shards:
+            raise UserError(f"--shard-index must be 0 .. {self.num_shards - 1} (--num-shards {self.num_shards}), "
+                            f"got {self.shard_index!r}", key="shard_index")
         if self.truncate and not self.max_tokens:
             raise UserError("--truncate needs --max-tokens", key="truncate")
         if not Path(self.input).exists():
@@ -176,13 +193,15 @@ class _Worker:
 
     def run(self, chunk: tuple[str, list]) -> tuple[list[tuple], dict]:
         root, items = chunk
-        outcomes = [self.one(origin, raw, error, Path(root)) for origin, raw, error in items]
+        outcomes = [self.one(origin, raw, error, Path(root)) for origin, raw, error, _ in items]
         return outcomes, self.resolver.drain_touched()
 
     def one(self, origin: Origin, raw, error, root: Path) -> tuple:
-        """("sft" | "dpo", sample, content key) or ("bad", (code, message, field), None)."""
+        """("sft" | "dpo", sample, content key, aliases) or ("bad", (code, message, field), None,
+        aliases); `aliases` is the field mapping `readers.parse` applied ("" for none)."""
         if error is not None:
-            return "bad", error, None
+            return "bad", error, None, ""
+        example = None
         try:
             example = parse(raw, origin, self.reader)
             check_replies(example, self.filters, self.count_tokens, self.max_trace_tokens)
@@ -192,16 +211,22 @@ class _Worker:
             else:
                 kind, sample = "dpo", self.renderer.render_pair(example, media)
         except RecordError as exc:
-            return "bad", (exc.code, exc.message, exc.field), None
+            return "bad", (exc.code, exc.message, exc.field), None, aliases_text(example)
         except RenderError as exc:
-            return "bad", (exc.code, str(exc), None), None
+            return "bad", (exc.code, str(exc), None), None, aliases_text(example)
         record_id = example.meta.get("id")
         sample.update(id=str(record_id) if record_id is not None else origin.where(),
                       source=origin.source, line=origin.line, index=origin.index)
-        return kind, sample, content_key(example, media)
+        return kind, sample, content_key(example, media), aliases_text(example)
 
     def count_tokens(self, text: str) -> int:
         return len(self.renderer.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def aliases_text(example) -> str:
+    """The field aliases a parsed record was read with, as the report lists them."""
+    aliases = example.meta.get("aliases") if example is not None else None
+    return ", ".join(f"{k}={v}" for k, v in sorted(aliases.items())) if aliases else ""
 
 
 _STATE: _Worker | None = None
@@ -245,15 +270,21 @@ def _results(spec: _Spec, chunks: Iterator, workers: int) -> Iterator[tuple]:
             yield (done, *result.get())
 
 
-def _chunks(files: list[Path], image_root: str | None) -> Iterator[tuple[str, list]]:
+def _chunks(files: list[Path], image_root: str | None, num_shards: int = 1,
+            shard_index: int = 0) -> Iterator[tuple[str, list]]:
+    """(image root, [(origin, raw, error, record_index), ...]) for this shard's records."""
+    position = -1
     for f in files:
         root = str(Path(image_root).resolve() if image_root else (f.parent if f.is_file() else f).resolve())
         items: list = []
         for origin, raw in iter_file(f):
+            position += 1
+            if position % num_shards != shard_index:
+                continue
             if isinstance(raw, RecordError):     # malformed JSON: keep its text for the quarantine
-                items.append((origin, getattr(raw, "record", None), (raw.code, raw.message, raw.field)))
+                items.append((origin, getattr(raw, "record", None), (raw.code, raw.message, raw.field), position))
             else:
-                items.append((origin, raw, None))
+                items.append((origin, raw, None, position))
             if len(items) == CHUNK:
                 yield root, items
                 items = []
@@ -262,9 +293,9 @@ def _chunks(files: list[Path], image_root: str | None) -> Iterator[tuple[str, li
 
 
 def content_key(example, media) -> bytes:
-    """Hash of the canonical record: roles, texts, reasoning, media kinds and media bytes."""
+    """Hash of the canonical record: roles, texts, reasoning, loss weights, media kinds and bytes."""
     def turn(t: Turn) -> list:
-        return [t.role, t.reasoning, [[p.kind, p.text] for p in t.parts]]
+        return [t.role, t.reasoning, [[p.kind, p.text] for p in t.parts], t.loss_weight]
     if isinstance(example, Conversation):
         body = {"turns": [turn(t) for t in example.turns]}
     else:
@@ -280,18 +311,19 @@ def _features(kind: str):
     ids, paths, grids = List(Value("int32")), List(Value("string")), List(List(Value("int32")))
     media = {"images": paths, "image_grid_thw": grids, "videos": paths, "video_grid_thw": grids}
     origin = {"id": Value("string"), "source": Value("string"), "line": Value("int64"),
-              "index": Value("int64")}
+              "index": Value("int64"), "record_index": Value("int64"), "content_key": Value("string")}
     if kind == "sft":
-        cols = {"input_ids": ids, "labels": ids, **media, "num_tokens": Value("int32"),
+        cols = {"input_ids": ids, "labels": ids, "label_span": List(Value("int8")),
+                "loss_weights": List(Value("float32")), **media, "num_tokens": Value("int32"),
                 "num_label_tokens": Value("int32"), "num_vision_tokens": Value("int32"),
-                "reasoning_chars": Value("int32")}
+                "reasoning_chars": Value("int32"), "truncated": Value("bool")}
     else:
         cols = {"prompt_input_ids": ids, "chosen_input_ids": ids, "rejected_input_ids": ids, **media,
                 "num_tokens": Value("int32"), "num_vision_tokens": Value("int32")}
     return Features({**cols, **origin})
 
 
-class _Writers:
+class SampleWriters:
     """Streams samples into one staged Arrow file per kind."""
 
     def __init__(self, stage: Path):
@@ -404,9 +436,9 @@ def build(config: BuildConfig, *, log=None, progress: bool = False) -> dict:
     stage.mkdir()
     try:
         counts, reasons, media_index, datasets_ = _process(config, spec, files, workers, stage, progress)
-        outputs = _publish(out, stage, datasets_)
-        report = _report(out, config, counts, reasons, datasets_, outputs, settings, model_info,
-                         fingerprint, workers, time.perf_counter() - started)
+        outputs = publish_outputs(out, stage, datasets_)
+        report = make_report(out, config.max_tokens, counts, reasons, datasets_, outputs, settings, model_info,
+                             fingerprint, workers, time.perf_counter() - started)
         datasets_.clear()
         write_json_atomic(out / CACHE, {"fingerprint": fingerprint, "media": media_index}, indent=None)
         write_json_atomic(out / REPORT, report)
@@ -432,38 +464,64 @@ def _process(config, spec, files, workers, stage, progress):
     """Stream every record through the workers; write samples and quarantine rows in order."""
     from tqdm import tqdm
 
-    writers = _Writers(stage)
-    seen: dict[bytes, str] = {}
+    writers = SampleWriters(stage)
+    dedup = Deduplicator(config.keep_duplicates)
     reasons: Counter = Counter()
+    aliases: Counter = Counter()
     media_index: dict = {}
-    n_input = n_video = 0
+    n_input = 0
     bar = tqdm(desc="data build", unit=" records", disable=not progress)
+    chunks = _chunks(files, config.image_root, config.num_shards, config.shard_index)
     with open(stage / QUARANTINE, "w", encoding="utf-8") as qfile, \
-            closing(_results(spec, _chunks(files, config.image_root), workers)) as results:
+            closing(_results(spec, chunks, workers)) as results:
         for (_, items), outcomes, touched in results:
             media_index.update(touched)
-            for (origin, raw, _), (kind, payload, key) in zip(items, outcomes):
+            for (origin, raw, _, position), (kind, payload, key, applied) in zip(items, outcomes):
                 n_input += 1
-                if kind != "bad" and key in seen:
-                    kind, payload = "bad", ("duplicate", f"an exact duplicate of {seen[key]} "
-                                            "(same text and media bytes)", None)
+                if applied:
+                    aliases[applied] += 1
+                if kind != "bad":
+                    payload.update(record_index=position, content_key=key.hex())
+                    if (first := dedup.first_copy(payload["content_key"], origin.where())) is not None:
+                        kind, payload = "bad", ("duplicate", duplicate_message(first), None)
                 if kind == "bad":
                     code, message, field_ = payload
                     if config.strict:
                         raise _strict_error(origin, code, message, field_)
                     reasons[code] += 1
-                    qfile.write(json.dumps(quarantine_row(origin, code, message, raw, field_),
-                                           ensure_ascii=False) + "\n")
+                    row = quarantine_row(origin, code, message, raw, field_, record_index=position,
+                                         content_key=key.hex() if code == "duplicate" else None)
+                    qfile.write(json.dumps(row, ensure_ascii=False) + "\n")
                 else:
-                    seen[key] = origin.where()
                     writers.write(kind, payload)
-                    n_video += bool(payload["videos"])
             bar.update(len(items))
     bar.close()
     media_index = {p: (list(s) if s else None) for p, s in sorted(media_index.items())}
     counts = {"input": n_input, "sft": writers.counts["sft"], "dpo": writers.counts["dpo"],
-              "video_samples": n_video}
+              "duplicates_kept": dedup.kept, "aliases": dict(sorted(aliases.items()))}
     return counts, reasons, media_index, writers.finish()
+
+
+class Deduplicator:
+    """Remembers where each content key was first kept; `first_copy` names it for a later
+    copy (to quarantine), or None for a first copy, or for every copy with `keep` (counted)."""
+
+    def __init__(self, keep: bool):
+        self.keep, self.kept = keep, 0
+        self.seen: dict[str, str] = {}
+
+    def first_copy(self, key: str, where: str) -> str | None:
+        if key not in self.seen:
+            self.seen[key] = where
+            return None
+        if self.keep:
+            self.kept += 1
+            return None
+        return self.seen[key]
+
+
+def duplicate_message(first: str) -> str:
+    return f"an exact duplicate of {first} (same text and media bytes; --keep-duplicates keeps it)"
 
 
 def _strict_error(origin: Origin, code: str, message: str, field_: str | None) -> UserError:
@@ -472,7 +530,7 @@ def _strict_error(origin: Origin, code: str, message: str, field_: str | None) -
                      "bad records go to quarantine.jsonl)", path=origin.source, line=origin.line, key=field_)
 
 
-def _publish(out: Path, stage: Path, staged: dict) -> dict:
+def publish_outputs(out: Path, stage: Path, staged: dict) -> dict:
     """Move the staged outputs into place; drop outputs a previous build left that this one lacks."""
     import datasets
 
@@ -496,11 +554,13 @@ def _publish(out: Path, stage: Path, staged: dict) -> dict:
     return outputs
 
 
-def _report(out, config, counts, reasons, staged, outputs, settings, model_info, fingerprint, workers,
-            seconds) -> dict:
+def make_report(out, max_tokens, counts, reasons, staged, outputs, settings, model_info, fingerprint, workers,
+                seconds) -> dict:
+    """The report of a build (or a merge) from its counts and its staged datasets."""
     from .report import length_histogram, preference_stats, sft_stats
 
     kept = counts["sft"] + counts["dpo"]
+    truncated = int(sum(staged["sft"].data.column("truncated").to_pylist())) if "sft" in staged else 0
     quarantined = sum(reasons.values())
     if counts["input"] != kept + quarantined:     # a bug, never a user error
         raise AssertionError(f"record accounting broke: {counts} vs {quarantined} quarantined")
@@ -511,13 +571,15 @@ def _report(out, config, counts, reasons, staged, outputs, settings, model_info,
     if "dpo" in staged:
         stats["preference"] = preference_stats(staged["dpo"])
         lengths["preference"] = staged["dpo"].data.column("num_tokens").to_numpy()
-    length_histogram(out / HISTOGRAM, lengths, max_tokens=config.max_tokens)
+    length_histogram(out / HISTOGRAM, lengths, max_tokens=max_tokens)
     outputs["histogram"] = str(out / HISTOGRAM)
     return {
         "input_records": counts["input"], "kept": kept, "quarantined": quarantined,
         "invariant": "input_records == kept + quarantined",
         "kept_sft": counts["sft"], "kept_preference": counts["dpo"],
         "quarantine_reasons": dict(sorted(reasons.items())),
+        "truncated": truncated, "duplicates_kept": counts["duplicates_kept"],
+        "field_aliases": counts["aliases"],
         "stats": stats,
         "seconds": round(seconds, 3),
         "records_per_second": round(counts["input"] / seconds, 1) if seconds > 0 else None,
@@ -533,4 +595,8 @@ def summary_line(report: dict) -> str:
             f"{report['quarantined']} quarantined")
     if reasons:
         line += f" ({reasons})"
+    if report.get("truncated"):
+        line += f"; {report['truncated']} truncated"
+    if report.get("field_aliases"):
+        line += "; fields read as " + "; ".join(f"{k} ({v})" for k, v in report["field_aliases"].items())
     return line + f"; {report['records_per_second']} records/s"

@@ -5,6 +5,15 @@ check, so all three see identical model inputs. A sample (from `data/render.py`)
 token ids, labels and media references; the collator pads them, turns images into `pixel_values` through the model's image
 processor (cached per path), checks each image's grid against the one recorded at
 build time, and adds `mm_token_type_ids`, which Qwen VL's forward needs with images.
+
+For the SFT trainer (`loss_weights=True`), a batch holding a sample with per-token
+`loss_weights` (a reply whose loss weight is not 1, see `data/render.py`), or collated with
+span weights other than 1 (`span_weights`: the recipe's reasoning / answer weights, applied
+by each token's `label_span`), also gets a float `loss_weights` tensor, padded with 0, where
+samples without weights weigh 1 on their labelled tokens; the trainer pops it
+(`train/weighted_sft.py`). A batch with no weighting has no such key, so the model sees
+exactly what it saw before weights existed; the other users (generation, the export
+check) never get it.
 """
 
 from __future__ import annotations
@@ -14,14 +23,17 @@ import time
 import torch
 
 from .media import load_video_frames
-from .render import IGNORE_INDEX
+from .render import IGNORE_INDEX, SPAN_ANSWER, SPAN_NONE, SPAN_REASONING
 from .vision import PixelCache
 
 
 class VisionCollator:
     def __init__(self, processor, *, padding_side: str = "right", pad_to_multiple_of: int | None = None,
-                 cache_bytes: int = 1 << 30, cache_dir: str | None = None, packing: bool = False):
+                 cache_bytes: int = 1 << 30, cache_dir: str | None = None, packing: bool = False,
+                 loss_weights: bool = False, span_weights: tuple[float, float] = (1.0, 1.0)):
         self.processor = processor
+        self.loss_weights = loss_weights
+        self.span_weights = span_weights        # (reasoning, answer) multipliers by label_span
         self.packing = packing          # all samples in one row, no padding (see train/packing.py)
         self.seconds = 0.0              # spent collating (this process)
         self.pad_id = processor.tokenizer.pad_token_id
@@ -29,14 +41,14 @@ class VisionCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
         self.pixels = PixelCache(processor.image_processor, cache_bytes, cache_dir)
 
-    def _pad(self, seqs: list[list[int]], value: int) -> torch.Tensor:
+    def _pad(self, seqs: list[list], value, dtype=torch.long) -> torch.Tensor:
         longest = max(len(s) for s in seqs)
         if self.pad_to_multiple_of:
             m = self.pad_to_multiple_of
             longest = (longest + m - 1) // m * m
-        out = torch.full((len(seqs), longest), value, dtype=torch.long)
+        out = torch.full((len(seqs), longest), value, dtype=dtype)
         for i, s in enumerate(seqs):
-            t = torch.as_tensor(s, dtype=torch.long)
+            t = torch.as_tensor(s, dtype=dtype)
             if self.padding_side == "right":
                 out[i, :len(s)] = t
             else:
@@ -61,6 +73,20 @@ class VisionCollator:
             out["pixel_values_videos"], out["video_grid_thw"] = enc["pixel_values_videos"], enc["video_grid_thw"]
         return out
 
+    def weights(self, samples: list[dict]) -> list[list[float]] | None:
+        """Per-token loss weights of each sample, or None when every labelled token weighs 1."""
+        spans = self.span_weights != (1.0, 1.0)
+        if not self.loss_weights or not (spans or any(s.get("loss_weights") is not None for s in samples)):
+            return None
+        factor = {SPAN_NONE: 0.0, SPAN_REASONING: self.span_weights[0], SPAN_ANSWER: self.span_weights[1]}
+        out = []
+        for s in samples:
+            base = s.get("loss_weights") or [0.0 if x == IGNORE_INDEX else 1.0 for x in s["labels"]]
+            if spans:
+                base = [w * factor[k] for w, k in zip(base, s["label_span"])]
+            out.append(base)
+        return out
+
     def mm_token_type_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(self.processor.create_mm_token_type_ids(input_ids.tolist()), dtype=torch.long)
 
@@ -71,6 +97,9 @@ class VisionCollator:
                  "position_ids": torch.cat([torch.arange(len(s["input_ids"])) for s in samples]).unsqueeze(0)}
         if "labels" in samples[0]:
             batch["labels"] = torch.as_tensor([t for s in samples for t in s["labels"]], dtype=torch.long).unsqueeze(0)
+            weights = self.weights(samples)
+            if weights is not None:
+                batch["loss_weights"] = torch.tensor([w for row in weights for w in row]).unsqueeze(0)
         batch.update(self.media(samples))
         batch["mm_token_type_ids"] = self.mm_token_type_ids(ids)
         return batch
@@ -90,6 +119,9 @@ class VisionCollator:
         }
         if "labels" in samples[0]:
             batch["labels"] = self._pad([s["labels"] for s in samples], IGNORE_INDEX)
+            weights = self.weights(samples)
+            if weights is not None:
+                batch["loss_weights"] = self._pad(weights, 0.0, torch.float32)
         batch.update(self.media(samples))
         batch["mm_token_type_ids"] = self.mm_token_type_ids(batch["input_ids"])
         return batch

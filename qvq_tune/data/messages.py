@@ -4,7 +4,9 @@ Readers (one per input format, in `readers/`) produce `Conversation` or `Prefere
 objects; the renderer (`render.py`) turns them into model samples. Nothing here knows
 about tokenizers or image tokens. An assistant turn keeps its reasoning trace apart from
 its final answer, so the renderer can write either as QVQ free-form text, think tags
-or answer-only.
+or answer-only, and carries its loss weight (LLaMA-Factory's `loss_weight`, ms-swift's
+`loss` / `loss_scale`): 0 means the reply is context only, other values scale its tokens'
+loss.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class Turn:
     role: Role
     parts: list[Part]
     reasoning: str | None = None  # assistant turns: the trace; the parts hold the answer
+    loss_weight: float = 1.0      # assistant turns: 0 = no loss on this reply, w = its tokens weigh w
 
     @property
     def text(self) -> str:

@@ -1,8 +1,10 @@
 """Bad records: the closed set of reason codes, the error readers raise, and the writer.
 
 Every input record ends either as a sample or as one row of `quarantine.jsonl`:
-`{"source", "line" | "index", "reason", "message", "field"?, "record"}` where `record`
-is the original record (or an excerpt of it when it is large or not JSON).
+`{"source", "line" | "index", "record_index", "reason", "message", "field"?, "content_key"?,
+"record"}` where `record_index` is its position in the whole input, `record` the original
+record (or an excerpt of it when it is large or not JSON), and `content_key` (duplicates
+only) the hash the first copy was kept under.
 """
 
 from __future__ import annotations
@@ -67,10 +69,13 @@ def _bytes_note(obj):
     return repr(obj)
 
 
-def quarantine_row(origin: Origin, code: str, message: str, record, field: str | None = None) -> dict:
-    row = {**origin.to_dict(), "reason": code, "message": message}
+def quarantine_row(origin: Origin, code: str, message: str, record, field: str | None = None, *,
+                   record_index: int | None = None, content_key: str | None = None) -> dict:
+    row = {**origin.to_dict(), "record_index": record_index, "reason": code, "message": message}
     if field:
         row["field"] = field
+    if content_key:
+        row["content_key"] = content_key
     row["record"] = excerpt(record)
     return row
 

@@ -7,6 +7,8 @@ Three formats (the family registry's reasoning styles), selected by `--reasoning
 - `answer-only`: the answer alone (the trace is dropped).
 The think markers come from the family record (`ModelFamily.think_tokens`); input data
 is split on the markers Qwen's thinking models write (`models.registry.THINK_TOKENS`).
+`answer_offset` finds where a written reply's answer begins, for the renderer's per-token
+reasoning / answer spans.
 """
 
 from __future__ import annotations
@@ -42,6 +44,20 @@ def format_reply(reasoning: str | None, answer: str, fmt: ReasoningFormat,
     if fmt == "think":
         return f"{think[0]}\n{reasoning}\n{think[1]}\n\n{answer}"
     raise ValueError(f"unknown reasoning format {fmt!r}")
+
+
+def answer_offset(reply: str, fmt: ReasoningFormat, think: tuple[str, str] = THINK_TOKENS) -> int:
+    """Where the answer section of a reply written in `fmt` starts, as rendered: after the
+    think block (its close marker and the blank line after it; Qwen3's template writes an
+    empty one before replies without), then, in `qvq`, at the final-answer marker, which
+    opens the answer block; 0 when the whole reply is the answer."""
+    close = reply.rfind(think[1])
+    start = 0
+    if close >= 0:
+        start = close + len(think[1])
+        start += len(reply[start:]) - len(reply[start:].lstrip())
+    marker = reply.rfind(FINAL_ANSWER_MARKER, start) if fmt == "qvq" else -1
+    return marker if marker >= 0 else start
 
 
 def _qvq_final(answer: str) -> str:

@@ -5,19 +5,32 @@ template (`processor.apply_chat_template`), tokenises it once with character off
 puts loss only on assistant replies (reasoning, answer and the end-of-turn token), and
 expands each image/video placeholder to the number of vision tokens the processor
 computes for that media. Pixels are not produced here: samples keep media references
-and the collator turns them into pixels (see `train/collators.py`).
+and the collator turns them into pixels (see `data/collate.py`).
+
+Per token, a sample also records which part of a reply it belongs to (`label_span`:
+0 not labelled, 1 reasoning trace, 2 answer and end-of-turn token) and, when any reply
+carries a loss weight other than 1, its weight (`loss_weights`; None otherwise: every
+labelled token weighs 1). A reply of weight 0 is not labelled at all.
+
+Over `--max-tokens`, `--truncate` never cuts the final answer or the end-of-turn token:
+it drops the earliest exchanges (user + assistant) first, then cuts the middle out of
+the last reply's reasoning trace (marked by `TRUNCATION_MARK`); a sample that still does
+not fit is `too_long`.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from dataclasses import dataclass, field
 
 from ..models.registry import ModelFamily
 from .messages import Conversation, PreferencePair, Turn
-from .reasoning import PairCut, ReasoningFormat, cut_pair, format_reply
+from .reasoning import PairCut, ReasoningFormat, answer_offset, cut_pair, format_reply
 
 IGNORE_INDEX = -100
+SPAN_NONE, SPAN_REASONING, SPAN_ANSWER = 0, 1, 2      # `label_span` values
+TRUNCATION_MARK = "\n...\n"                           # stands where a trace's middle was cut
 
 
 @dataclass(frozen=True)
@@ -98,18 +111,23 @@ class SampleRenderer:
                                           f"turn {i} ({turn.role}) contains the control token {s!r}")
 
     def render(self, conv: Conversation, media: list[ResolvedMedia]) -> dict:
-        """A training sample: input_ids, labels and media references."""
+        """A training sample: input_ids, labels, label spans, loss weights and media references."""
         self.check_text(conv.turns)
-        text = self.chat_text(conv.turns)
-        ids, labels = self._tokenize_with_labels(text, media)
-        return self._finish(ids, labels, media, conv.turns)
+        turns, tokens = conv.turns, self._tokenize(self.chat_text(conv.turns), media, conv.turns)
+        limit, truncated = self.options.max_tokens, False
+        if limit and len(tokens.ids) > limit:
+            if not self.options.truncate:
+                raise RenderError("too_long", f"{len(tokens.ids)} tokens > --max-tokens {limit} "
+                                  "(reasoning is never cut silently; pass --truncate to cut)")
+            turns, media, tokens = self._fit(turns, media, tokens, limit)
+            truncated = True
+        return self._finish(tokens, media, turns, truncated)
 
     def render_prompt(self, turns: list[Turn], media: list[ResolvedMedia]) -> dict:
         """A generation prompt (for evaluation): the turns plus the assistant header."""
         self.check_text(turns)
-        text = self.chat_text(turns, add_generation_prompt=True)
-        ids, _ = self._tokenize_with_labels(text, media, label=False)
-        return {"input_ids": ids, **self._media_columns(media)}
+        tokens = self._tokenize(self.chat_text(turns, add_generation_prompt=True), media)
+        return {"input_ids": tokens.ids, **self._media_columns(media)}
 
     def render_pair(self, pair: PreferencePair, media: list[ResolvedMedia]) -> dict:
         """A DPO sample: prompt ids (ending in the assistant header) and the two completions."""
@@ -131,9 +149,9 @@ class SampleRenderer:
         return out
 
     # ---- internals ----------------------------------------------------------------------
-    def assistant_spans(self, text: str) -> list[tuple[int, int]]:
-        """Character spans of assistant replies: after each assistant header, through the
-        end-of-turn token."""
+    def assistant_spans(self, text: str) -> list[tuple[int, int, int]]:
+        """(start, answer start, stop) character offsets of each assistant reply: after its
+        header, through the end-of-turn token; the answer starts after the reasoning trace."""
         header, end = self.family.assistant_header, self.family.turn_end
         spans, pos = [], 0
         while True:
@@ -143,26 +161,69 @@ class SampleRenderer:
             start = h + len(header)
             e = text.find(end, start)
             stop = len(text) if e < 0 else e + len(end)
-            spans.append((start, stop))
+            answer = answer_offset(text[start:stop], self.options.reasoning, self.family.think_tokens)
+            spans.append((start, start + answer, stop))
             pos = stop
 
-    def _tokenize_with_labels(self, text: str, media: list[ResolvedMedia], *, label: bool = True):
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=label)
-        ids: list[int] = enc["input_ids"]
-        labels = [IGNORE_INDEX] * len(ids)
-        if label:
-            spans = self.assistant_spans(text)
-            starts = [s for s, _ in spans]
+    def _tokenize(self, text: str, media: list[ResolvedMedia], turns: list[Turn] | None = None) -> "_Tokens":
+        """Token ids of a rendered chat, vision placeholders expanded; given the `turns` it
+        was rendered from, also the labels, label spans and loss weights of their replies."""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=turns is not None)
+        tokens = _Tokens.unlabelled(enc["input_ids"])
+        if turns is not None:
+            replies = self.assistant_spans(text)
+            weights = [t.loss_weight for t in turns if t.role == "assistant"]
+            starts = [s for s, _, _ in replies]
             for i, (a, b) in enumerate(enc["offset_mapping"]):
                 k = bisect.bisect_right(starts, a) - 1
-                if k >= 0 and b <= spans[k][1]:
-                    labels[i] = ids[i]
-        return self._expand_vision(ids, labels, media)
+                if k >= 0 and b <= replies[k][2] and weights[k]:
+                    tokens.label(i, SPAN_REASONING if a < replies[k][1] else SPAN_ANSWER, weights[k])
+        return self._expand_vision(tokens, media)
 
-    def _expand_vision(self, ids, labels, media):
+    def _fit(self, turns: list[Turn], media: list[ResolvedMedia], tokens: "_Tokens", limit: int):
+        """(turns, media, tokens) cut to `limit` tokens: earliest exchanges dropped first, then
+        the middle of the last reasoning trace; the answer and end-of-turn token always stay."""
+        first = 1 if turns[0].role == "system" else 0
+        while len(turns) - first > 2:
+            before = sum(len(t.media) for t in turns[:first])
+            dropped = len(turns[first].media) + len(turns[first + 1].media)
+            turns, media = turns[:first] + turns[first + 2:], media[:before] + media[before + dropped:]
+            tokens = self._tokenize(self.chat_text(turns), media, turns)
+            if len(tokens.ids) <= limit:
+                return turns, media, tokens
+        turns, tokens = self._cut_trace(turns, media, tokens, limit)
+        return turns, media, tokens
+
+    def _cut_trace(self, turns: list[Turn], media: list[ResolvedMedia], tokens: "_Tokens", limit: int):
+        last, reasoning = turns[-1], (turns[-1].reasoning or "")
+        why = f"{len(tokens.ids)} tokens > --max-tokens {limit} with one exchange left"
+        if self.options.reasoning == "answer-only" or not reasoning.strip():
+            raise RenderError("too_long", f"{why} and no reasoning trace to shorten (the answer and "
+                              "end-of-turn token are never cut)")
+        offsets = self.tokenizer(reasoning, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        n = len(offsets)
+        drop = len(tokens.ids) - limit + len(self.tokenizer(TRUNCATION_MARK, add_special_tokens=False)["input_ids"])
+        for _ in range(8):                 # re-tokenising at the cut may differ by a token or two
+            if drop >= n:
+                break
+            head = (n - drop) // 2
+            tail = n - drop - head
+            text = (reasoning[:offsets[head - 1][1]] if head else "") + TRUNCATION_MARK + \
+                (reasoning[offsets[n - tail][0]:] if tail else "")
+            cut = turns[:-1] + [dataclasses.replace(last, reasoning=text)]
+            tokens = self._tokenize(self.chat_text(cut), media, cut)
+            over = len(tokens.ids) - limit
+            if over <= 0:
+                return cut, tokens
+            drop += over
+        raise RenderError("too_long", f"{why}, even with its reasoning trace cut to nothing (the answer "
+                          "and end-of-turn token are never cut)")
+
+    def _expand_vision(self, tokens: "_Tokens", media: list[ResolvedMedia]) -> "_Tokens":
         """Replace each placeholder token by what the processor puts there: `n` copies of
         the pad token, or (Qwen3-VL video) the processor's own replacement text, which
         starts and ends with special tokens and so tokenises the same on its own."""
+        ids = tokens.ids
         images = [m for m in media if m.kind == "image"]
         videos = [m for m in media if m.kind == "video"]
         n_img = sum(1 for t in ids if t == self.image_token_id)
@@ -171,20 +232,18 @@ class SampleRenderer:
             raise RenderError("placeholder_mismatch",
                               f"the chat template placed {n_img} image and {n_vid} video slots "
                               f"for {len(images)} images and {len(videos)} videos")
-        out_ids, out_labels = [], []
+        if not media:
+            return tokens
+        out = _Tokens.unlabelled([])
         it_img, it_vid = iter(images), iter(videos)
-        for t, lab in zip(ids, labels):
+        for i, t in enumerate(ids):
             if t == self.image_token_id:
-                span = [t] * next(it_img).num_tokens
+                out.extend_unlabelled([t] * next(it_img).num_tokens)
             elif t == self.video_token_id:
-                span = self._video_span(next(it_vid))
+                out.extend_unlabelled(self._video_span(next(it_vid)))
             else:
-                out_ids.append(t)
-                out_labels.append(lab)
-                continue
-            out_ids.extend(span)
-            out_labels.extend([IGNORE_INDEX] * len(span))
-        return out_ids, out_labels
+                out.copy(tokens, i)
+        return out
 
     def _video_span(self, video: ResolvedMedia) -> list[int]:
         replacement = video.meta.get("replacement")
@@ -204,23 +263,48 @@ class SampleRenderer:
             "video_grid_thw": [list(m.grid_thw) for m in media if m.kind == "video"],
         }
 
-    def _finish(self, ids, labels, media, turns) -> dict:
-        limit = self.options.max_tokens
-        if limit and len(ids) > limit:
-            if not self.options.truncate:
-                raise RenderError("too_long", f"{len(ids)} tokens > --max-tokens {limit} "
-                                  "(reasoning is never cut silently; pass --truncate to cut)")
-            if any(t in (self.image_token_id, self.video_token_id) for t in ids[limit:]):
-                raise RenderError("too_long", f"{len(ids)} tokens > --max-tokens {limit} and the "
-                                  "cut would fall inside vision tokens")
-            ids, labels = ids[:limit], labels[:limit]
-        n_label = sum(1 for x in labels if x != IGNORE_INDEX)
+    def _finish(self, tokens: "_Tokens", media, turns, truncated: bool) -> dict:
+        n_label = sum(1 for x in tokens.labels if x != IGNORE_INDEX)
         if n_label == 0:
-            raise RenderError("empty_assistant", "no assistant tokens to learn from")
+            raise RenderError("empty_assistant", "no assistant tokens to learn from (every reply is "
+                              "empty or has loss weight 0)")
+        labelled = [w for w, x in zip(tokens.weights, tokens.labels) if x != IGNORE_INDEX]
         reasoning_chars = sum(len(t.reasoning or "") for t in turns if t.role == "assistant")
         return {
-            "input_ids": ids, "labels": labels, **self._media_columns(media),
-            "num_tokens": len(ids), "num_label_tokens": n_label,
+            "input_ids": tokens.ids, "labels": tokens.labels, "label_span": tokens.spans,
+            "loss_weights": None if all(w == 1.0 for w in labelled) else tokens.weights,
+            **self._media_columns(media),
+            "num_tokens": len(tokens.ids), "num_label_tokens": n_label,
             "num_vision_tokens": sum(m.num_tokens for m in media),
-            "reasoning_chars": reasoning_chars,
+            "reasoning_chars": reasoning_chars, "truncated": truncated,
         }
+
+
+@dataclass
+class _Tokens:
+    """Parallel per-token columns of a sample being rendered."""
+    ids: list[int]
+    labels: list[int]
+    spans: list[int]
+    weights: list[float]
+
+    @classmethod
+    def unlabelled(cls, ids: list[int]) -> "_Tokens":
+        n = len(ids)
+        return cls(list(ids), [IGNORE_INDEX] * n, [SPAN_NONE] * n, [0.0] * n)
+
+    def label(self, i: int, span: int, weight: float) -> None:
+        self.labels[i], self.spans[i], self.weights[i] = self.ids[i], span, weight
+
+    def copy(self, other: "_Tokens", i: int) -> None:
+        self.ids.append(other.ids[i])
+        self.labels.append(other.labels[i])
+        self.spans.append(other.spans[i])
+        self.weights.append(other.weights[i])
+
+    def extend_unlabelled(self, ids: list[int]) -> None:
+        n = len(ids)
+        self.ids += ids
+        self.labels += [IGNORE_INDEX] * n
+        self.spans += [SPAN_NONE] * n
+        self.weights += [0.0] * n

@@ -2,8 +2,9 @@
 
 One readable flow, run in every process that `accelerate launch` starts (or in-process):
 run folder -> base model folder -> processor (with the dataset's settings) -> datasets
--> model (+ LoRA, seeded) -> trainer -> train (or resume) -> adapter and report into the
-run folder. Launching (single process, DDP, ZeRO-2/3) is `train/run.py`'s job; this
+-> model (+ LoRA, seeded) -> trainer (TRL's, with per-token loss weights:
+`train/weighted_sft.py`) -> train (or resume) -> adapter and report into the run folder.
+Launching (single process, DDP, ZeRO-2/3) is `train/run.py`'s job; this
 module never branches on it.
 """
 
@@ -33,7 +34,9 @@ def datasets(recipe: Recipe, kind: str):
 
 
 def run_sft(recipe: Recipe, run: RunFolder, resume_from: str | None = None) -> dict:
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    from .weighted_sft import WeightedSFTTrainer
 
     started = time.time()
     family = get_family(detect(recipe.model).family)
@@ -45,11 +48,12 @@ def run_sft(recipe: Recipe, run: RunFolder, resume_from: str | None = None) -> d
     if recipe.data.packing:
         restart_positions_per_sample(model, family)
     args = SFTConfig(**common_args(recipe, run), dataset_kwargs={"skip_prepare_dataset": True}, max_length=None)
-    collator = VisionCollator(processor, packing=recipe.data.packing,
+    collator = VisionCollator(processor, packing=recipe.data.packing, loss_weights=True,
+                              span_weights=(recipe.loss.reasoning_weight, recipe.loss.answer_weight),
                               **pixel_cache(recipe, len(train_ds), args.world_size, processor.image_processor))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         data_collator=collator, processing_class=processor,
-                         optimizers=(adamw(model, recipe, family), None))
+    trainer = WeightedSFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                                 data_collator=collator, processing_class=processor,
+                                 optimizers=(adamw(model, recipe, family), None))
     keep_trainable_dtype(trainer.model, recipe.dtype)
     attach(trainer, run, recipe, family)
     result = trainer.train(resume_from_checkpoint=resume_from)

@@ -1,4 +1,4 @@
-"""Reader dispatch: options, column mapping, format detection, and the shared role check.
+"""Reader dispatch: options, column mapping, field aliases, format detection, and shared checks.
 
 Auto-detection asks each registered reader's `detect`; the rules are disjoint, so the
 order readers register in does not matter (a test checks that no two ever match). Native
@@ -10,17 +10,27 @@ fields win: the others only claim records that are not native.
 | llava    | a `conversations` key and a singular `image` / `video` key                    |
 | sharegpt | a `conversations` key without singular `image`/`video`, or a `messages` key    |
 |          | with no list-of-parts content (string content, `<image>` + top-level `images`) |
-| messages | a `messages` list with at least one list-of-parts content (OpenAI / Qwen);     |
-|          | or TRL `prompt` + `completion` / `chosen` + `rejected`; or `chosen_messages`   |
-|          | + `rejected_messages`; or TRL implicit-prompt `chosen` + `rejected` lists      |
-| swift    | `query` without `conversations` / `messages` (ms-swift 1.x/2.x rows)            |
+| messages | a `messages` list with at least one list-of-parts content (OpenAI / Qwen /     |
+|          | LLaMA-Factory v1); or TRL `prompt` + `completion` / `chosen` + `rejected`; or  |
+|          | `chosen_messages` + `rejected_messages`; or TRL implicit-prompt `chosen` +     |
+|          | `rejected` lists                                                               |
+| swift    | `query` or `conversation` without `conversations` / `messages` (ms-swift rows)  |
 
 Column mapping (`--columns messages=dialog`) renames fields before detection, so it
-works with every format.
+works with every format. Then `field_aliases` fills in the native fields that reasoning
+and RL datasets name differently (`problem`, `ground_truth`, `solution`, `image_path`;
+see `ALIASES`); the mapping it applied is recorded in the example's `meta["aliases"]`
+and counted in the build report.
+
+Where text is expected, a number or a boolean is text (`"ground_truth": 4` is "4",
+`true` is "true", as JSON spells them): counting and math sets store answers as numbers.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -28,6 +38,20 @@ from ..messages import Example, Origin, Turn
 from ..quarantine import RecordError
 
 FORMATS = ("auto", "native", "sharegpt", "llava", "messages", "swift", "hf")
+REASONING_KEYS = ("reasoning", "reasoning_content", "thinking")
+
+# Native field <- the names reasoning / RL datasets give it (R1-V and open-r1-multimodal:
+# problem / solution; verl and MM-Eureka style: ground_truth; local image sets: image_path).
+# An alias fills a native field only when the record lacks it. `solution` is the answer
+# when the record has no other answer field, else (a worked solution beside the final
+# answer, as MATH-style sets have) the reasoning trace.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "question": ("problem",),
+    "answer": ("ground_truth", "solution"),
+    "images": ("image_path", "image_paths"),
+}
+# Records with a message list (or another reader's key) are never aliased.
+_MESSAGE_KEYS = ("messages", "conversations", "conversation", "query", "prompt", "chosen_messages")
 
 
 @dataclass
@@ -65,6 +89,23 @@ def apply_columns(record: dict, columns: dict[str, str]) -> dict:
     return out
 
 
+def field_aliases(record: dict) -> dict[str, str]:
+    """The native fields a question/answer record spells with reasoning-dataset names:
+    {canonical: the record's field}, {} when none applies (see `ALIASES`)."""
+    if any(k in record for k in _MESSAGE_KEYS) or not any(k in record for k in ("question", *ALIASES["question"])):
+        return {}
+    mapping = {}
+    for canonical, names in ALIASES.items():
+        present = canonical in record or (canonical == "images" and "image" in record)
+        theirs = next((n for n in names if n in record), None)
+        if not present and theirs:
+            mapping[canonical] = theirs
+    answer = mapping.get("answer", "answer" if "answer" in record else None)
+    if answer not in (None, "solution") and "solution" in record and not any(k in record for k in REASONING_KEYS):
+        mapping["reasoning"] = "solution"
+    return mapping
+
+
 def parse_columns(text: str) -> dict[str, str]:
     """`question=problem,answer=solution` -> {"question": "problem", "answer": "solution"}."""
     from ...errors import UserError
@@ -89,6 +130,8 @@ def parse(record, origin: Origin, options: ReaderOptions) -> Example:
     if not isinstance(record, dict):
         raise RecordError("unknown_schema", f"expected a JSON object, got {type(record).__name__}")
     record = apply_columns(record, options.columns)
+    aliases = field_aliases(record) if options.format in ("auto", "hf", "native") else {}
+    record = apply_columns(record, aliases)
     name = options.format if options.format not in ("auto", "hf") else detect_format(record)
     if name is None:
         keys = ", ".join(sorted(map(str, record))[:12])
@@ -96,7 +139,22 @@ def parse(record, origin: Origin, options: ReaderOptions) -> Example:
                           "pass --format or map your fields with --columns")
     if name not in _READERS:
         raise RecordError("unknown_schema", f"no reader for format {name!r}")
-    return _READERS[name][1](record, origin)
+    try:
+        example = _READERS[name][1](record, origin)
+    except RecordError as exc:
+        raise in_their_names(exc, {**options.columns, **aliases}) from None
+    if aliases:
+        example.meta["aliases"] = aliases
+    return example
+
+
+def in_their_names(exc: RecordError, mapping: dict[str, str]) -> RecordError:
+    """The error naming the record's own field where `mapping` (canonical -> theirs) renamed it."""
+    head = re.match(r"[^.\[]+", exc.field or "")
+    if head is None or head.group() not in mapping:
+        return exc
+    field = mapping[head.group()] + exc.field[head.end():]
+    return RecordError(exc.code, exc.message.replace(f"'{exc.field}'", f"'{field}'"), field)
 
 
 def _load_all() -> None:
@@ -109,16 +167,23 @@ def _load_all() -> None:
                 raise
 
 
+def text_of(value, field: str) -> str:
+    """Text where text is expected: a string, or a number / boolean written as JSON writes it."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or (isinstance(value, (int, float)) and math.isfinite(value)):
+        return json.dumps(value)
+    raise RecordError("bad_field_type", f"field '{field}' must be text, got {type(value).__name__}",
+                      field=field)
+
+
 def require_text(record: dict, key: str, *, optional: bool = False) -> str | None:
     value = record.get(key)
     if value is None:
         if optional:
             return None
         raise RecordError("missing_field", f"field '{key}' is missing", field=key)
-    if not isinstance(value, str):
-        raise RecordError("bad_field_type", f"field '{key}' must be text, got {type(value).__name__}",
-                          field=key)
-    return value
+    return text_of(value, key)
 
 
 def as_list(value, key: str) -> list:

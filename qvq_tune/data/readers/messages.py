@@ -1,4 +1,5 @@
-"""OpenAI-style / Qwen-style / TRL message records whose content may be a list of parts.
+"""OpenAI-style / Qwen-style / TRL / LLaMA-Factory v1 message records whose content may be
+a list of parts.
 
 SFT  {"messages": [{"role": "user", "content": [
          {"type": "image", "image": "a.png" | "https://..." | "data:image/png;base64,..."},
@@ -7,8 +8,10 @@ SFT  {"messages": [{"role": "user", "content": [
          {"type": "text", "text": "What is shown?"}]},
       {"role": "assistant", "content": "...", "reasoning_content"?: "..."}]}
      TRL prompt-completion: {"prompt": [...messages] | "text", "completion": [assistant] | "text"}
+     LLaMA-Factory v1: the part's payload under `value` ({"type": "text" | "image_url" |
+         "video_url" | "reasoning", "value": ...}) and a `loss_weight` per message.
 DPO  TRL: {"prompt": [...] | "text", "chosen": [assistant] | "text", "rejected": ...};
-     {"chosen_messages": [...], "rejected_messages": [...]} or TRL's implicit-prompt
+     {"chosen_messages": [...], "rejected_messages": [...]} (LLaMA-Factory v1) or TRL's implicit-prompt
      {"chosen": [...full conversation], "rejected": [...]}: the turns before the last are
      the shared prompt and must be equal.
 
@@ -21,14 +24,15 @@ a `file://` prefix is dropped.
 Detection: `messages` with at least one list-of-parts content (string-only `messages` with
 `<image>` placeholders are ms-swift / LLaMA-Factory rows, read by `readers/sharegpt.py`);
 or `prompt` with `completion` or `chosen` + `rejected`; or `chosen_messages` +
-`rejected_messages`; or `chosen` + `rejected`; never with `conversations`, `query` or native fields.
+`rejected_messages`; or `chosen` + `rejected`; never with `conversations`, `conversation`, `query`
+or native fields.
 """
 
 from __future__ import annotations
 
 from ..messages import Conversation, Media, Origin, Part, PreferencePair, Turn
 from ..quarantine import RecordError
-from .base import check_roles, register
+from .base import check_roles, register, text_of
 from .native import is_native, media_source
 from .sharegpt import MediaBinder, has_list_content, read_dialogue, read_turns, reply_of
 
@@ -36,7 +40,7 @@ PART_KEYS = ("text", "image", "image_url", "video", "video_url")
 
 
 def _is_messages(r: dict) -> bool:
-    if is_native(r) or "conversations" in r or "query" in r:
+    if is_native(r) or "conversations" in r or "conversation" in r or "query" in r:
         return False
     if "messages" in r:
         return has_list_content(r["messages"])
@@ -62,30 +66,31 @@ def _part(item, field: str, binder: MediaBinder) -> list[Part]:
     if not isinstance(item, dict):
         raise RecordError("bad_field_type", f"field '{field}' must be a content part object", field=field)
     kind = item.get("type") or next((k for k in PART_KEYS if k in item), None)
+    key = kind if kind in item or "value" not in item else "value"     # LLaMA-Factory v1: "value"
     if kind == "text":
-        text = item.get("text")
-        if not isinstance(text, str):
-            raise RecordError("bad_field_type", f"field '{field}.text' must be text", field=f"{field}.text")
-        return binder.split(text, f"{field}.text")
+        text = item.get(key)
+        if text is None:
+            raise RecordError("bad_field_type", f"field '{field}.{key}' must be text", field=f"{field}.{key}")
+        return binder.split(text_of(text, f"{field}.{key}"), f"{field}.{key}")
     if kind not in ("image", "image_url", "video", "video_url"):
         raise RecordError("bad_field_type", f"field '{field}.type' is {kind!r}; expected text, "
                           "image, image_url, video or video_url", field=f"{field}.type")
     media_kind = kind.split("_")[0]
-    value = item.get(kind)
+    value = item.get(key)
     if isinstance(value, dict) and kind.endswith("_url"):
         value = value.get("url")
     if value is None:
         return [Part.of_media(binder.take(media_kind, field))]
-    return [Part.of_media(_source(value, f"{field}.{kind}", media_kind))]
+    return [Part.of_media(_source(value, f"{field}.{key}", media_kind))]
 
 
 def content_parts(value, field: str, binder: MediaBinder) -> list[Part]:
     """A string (placeholders bind to top-level media) or a list of typed parts."""
     if isinstance(value, list):
         return [p for j, item in enumerate(value) for p in _part(item, f"{field}[{j}]", binder)]
-    if not isinstance(value, str):
+    if value is None or isinstance(value, dict):
         raise RecordError("bad_field_type", f"field '{field}' must be text or a list of parts", field=field)
-    return binder.split(value, field)
+    return binder.split(text_of(value, field), field)
 
 
 def _prompt(value, binder: MediaBinder) -> tuple[list[Turn], list[str]]:

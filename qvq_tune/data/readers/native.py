@@ -4,7 +4,8 @@ SFT:  {"images": [...] | "video": ..., "question", "reasoning"?, "answer", "syst
 DPO:  {"images", "question", "chosen": {"reasoning"?, "answer"}, "rejected": {...}}
       (chosen / rejected may also be plain strings; reasoning is then split from them)
 The reasoning may also be inline in `answer` (between think tags, or QVQ's trace
-followed by "**Final Answer**").
+followed by "**Final Answer**"). Reasoning-dataset names (`problem`, `ground_truth`,
+`solution`, `image_path`) reach these fields through `base.field_aliases`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ from __future__ import annotations
 from ..messages import Conversation, Media, Origin, Part, PreferencePair, Turn
 from ..quarantine import RecordError
 from ..reasoning import split_reply
-from .base import as_list, check_roles, register, require_text
-
-REASONING_KEYS = ("reasoning", "reasoning_content", "thinking")
+from .base import REASONING_KEYS, as_list, check_roles, register, require_text, text_of
 
 
 def is_native(r: dict) -> bool:
@@ -51,11 +50,12 @@ def media_source(value, key: str) -> dict:
 def reply_turn(value, key: str, reasoning: str | None = None) -> Turn:
     """An assistant turn from an answer string (reasoning maybe inline) or a {reasoning, answer} dict."""
     if isinstance(value, dict):
-        reasoning = next((value[k] for k in REASONING_KEYS if value.get(k)), reasoning)
+        found = next((k for k in REASONING_KEYS if value.get(k)), None)
+        reasoning = text_of(value[found], f"{key}.{found}") if found else reasoning
         value = value.get("answer", value.get("content"))
-    if not isinstance(value, str):
-        raise RecordError("missing_field" if value is None else "bad_field_type",
-                          f"field '{key}' must hold the answer text", field=key)
+    if value is None:
+        raise RecordError("missing_field", f"field '{key}' must hold the answer text", field=key)
+    value = text_of(value, key)
     if reasoning is None:
         reasoning, value = split_reply(value)
     if not value.strip():
@@ -82,9 +82,8 @@ def read_native(record: dict, origin: Origin):
         return PreferencePair(prompt, reply_turn(record["chosen"], "chosen"),
                               reply_turn(record["rejected"], "rejected"), origin,
                               meta={k: record[k] for k in ("id", "rejected_kind") if k in record})
-    reasoning = next((record[k] for k in REASONING_KEYS if record.get(k)), None)
-    if reasoning is not None and not isinstance(reasoning, str):
-        raise RecordError("bad_field_type", "field 'reasoning' must be text", field="reasoning")
+    found = next((k for k in REASONING_KEYS if record.get(k)), None)
+    reasoning = text_of(record[found], found) if found else None
     answer = reply_turn(record.get("answer"), "answer", reasoning)
     check_roles(prompt + [answer], names=names + ["answer"])
     return Conversation(prompt + [answer], origin, meta={k: record[k] for k in ("id",) if k in record})

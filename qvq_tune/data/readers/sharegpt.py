@@ -10,26 +10,31 @@ DPO  LLaMA-Factory: {"conversations": [...prompt, ending with user...],
 Messages use `from`/`value` or `role`/`content`. The n-th `<image>` (`<video>`) placeholder
 in the user and system turns binds to the n-th entry of `images` (`videos`); the counts must
 match. A line break next to a placeholder is layout and is dropped. An assistant's
-reasoning is inline (think tags, QVQ's "**Final Answer**") or in `reasoning_content` /
-`reasoning` / `thinking` on the message.
+reasoning is inline (think tags, QVQ's "**Final Answer**"), in `reasoning_content` /
+`reasoning` / `thinking` on the message, or a `{"type": "reasoning"}` content part
+(LLaMA-Factory v1). An assistant message's loss weight is its `loss_weight`
+(LLaMA-Factory v1), `loss_scale` or `loss: false` (ms-swift); weights on other roles are
+ignored, since only assistant replies carry loss.
 
 Detection: a `conversations` key without a singular `image`/`video` key (that is LLaVA),
 or a `messages` key with no list-of-parts content. A `messages` list holding any
 list-of-parts content belongs to `readers/messages.py`.
 
 This module also owns what the other message-list readers (llava, messages, swift) share:
-role names, placeholder binding (`MediaBinder`) and turn building (`read_dialogue`).
+role names, placeholder binding (`MediaBinder`), assistant turns with their loss weights,
+and turn building (`read_dialogue`).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Callable
 
 from ..messages import Conversation, Media, Origin, Part, PreferencePair, Turn
 from ..quarantine import RecordError
-from .base import check_roles, register, require_text
-from .native import REASONING_KEYS, is_native, media_of, reply_turn
+from .base import REASONING_KEYS, check_roles, register, require_text, text_of
+from .native import is_native, media_of, reply_turn
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
          "chatgpt": "assistant", "model": "assistant", "bot": "assistant", "system": "system"}
@@ -108,10 +113,7 @@ class MediaBinder:
 
 
 def string_content(value, field: str, binder: MediaBinder) -> list[Part]:
-    if not isinstance(value, str):
-        raise RecordError("bad_field_type", f"field '{field}' must be text, got {type(value).__name__}",
-                          field=field)
-    return binder.split(value, field)
+    return binder.split(text_of(value, field), field)
 
 
 def _keys(msg: dict) -> tuple[str, str]:
@@ -132,23 +134,55 @@ def _role(msg: dict, name: str) -> str:
     return ROLES[role.lower()]
 
 
+def loss_weight(msg: dict, name: str) -> float:
+    """An assistant message's loss weight: `loss: false` is 0, else `loss_scale` (ms-swift) or
+    `loss_weight` (LLaMA-Factory v1), else 1."""
+    if msg.get("loss") is not None:
+        if not isinstance(msg["loss"], bool):
+            raise RecordError("bad_field_type", f"field '{name}.loss' must be true or false",
+                              field=f"{name}.loss")
+        if not msg["loss"]:
+            return 0.0
+    key = next((k for k in ("loss_scale", "loss_weight") if msg.get(k) is not None), None)
+    if key is None:
+        return 1.0
+    value = msg[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise RecordError("bad_field_type", f"field '{name}.{key}' must be a number >= 0, got {value!r}",
+                          field=f"{name}.{key}")
+    return float(value)
+
+
+def _reply_parts(parts: list, field: str) -> tuple[str, str | None]:
+    """(text, reasoning) of an assistant content list: text parts (`text` or LLaMA-Factory v1's
+    `value`) and `reasoning` parts; media or tool calls have no place in a reply."""
+    text, reasoning = [], []
+    for j, p in enumerate(parts):
+        kind = p.get("type", "text") if isinstance(p, dict) else None
+        if kind not in ("text", "reasoning"):
+            raise RecordError("bad_field_type", f"field '{field}[{j}]' is not a text or reasoning part; an "
+                              "assistant turn may hold only those", field=f"{field}[{j}]")
+        value = p.get("text", p.get("value"))
+        (text if kind == "text" else reasoning).append(text_of(value, f"{field}[{j}]") if value is not None else "")
+    return "".join(text), ("".join(reasoning) or None)
+
+
 def assistant_turn(msg: dict, name: str) -> Turn:
-    """An assistant message: text (string or text parts) and its reasoning, inline or in a key."""
+    """An assistant message: text (string or parts), its reasoning (inline, a key or reasoning
+    parts) and its loss weight."""
     field = f"{name}.{_keys(msg)[1]}"
     reasoning = None
     for key in REASONING_KEYS:
         if msg.get(key):
-            reasoning = msg[key]
-            if not isinstance(reasoning, str):
-                raise RecordError("bad_field_type", f"field '{name}.{key}' must be text", field=f"{name}.{key}")
+            reasoning = text_of(msg[key], f"{name}.{key}")
             break
     value = msg.get(_keys(msg)[1])
     if isinstance(value, list):
-        if any(not isinstance(p, dict) or not isinstance(p.get("text"), str) for p in value):
-            raise RecordError("bad_field_type", f"field '{field}' may hold only text parts in an "
-                              "assistant turn", field=field)
-        value = "".join(p["text"] for p in value)
-    return reply_turn("" if value is None else value, field, reasoning)
+        value, part_reasoning = _reply_parts(value, field)
+        reasoning = reasoning or part_reasoning
+    turn = reply_turn("" if value is None else value, field, reasoning)
+    turn.loss_weight = loss_weight(msg, name)
+    return turn
 
 
 def message_turn(msg, name: str, binder: MediaBinder, content: ContentParser = string_content) -> Turn:

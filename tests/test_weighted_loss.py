@@ -108,3 +108,26 @@ def test_a_training_step_takes_weighted_batches(weighted):
     trainer.model.train()
     result = trainer.train()
     assert result.global_step == 1 and torch.isfinite(torch.tensor(result.training_loss))
+
+
+def test_reasoning_and_answer_span_weights_reach_the_loss(weighted, tiny_model, tmp_path):
+    """The recipe's loss.reasoning_weight / answer_weight scale tokens by their label span."""
+    from qvq_tune.data.render import SPAN_ANSWER, SPAN_REASONING
+    trainer, _, _ = weighted
+    record = {"question": "What do the parts cost?", "reasoning": "Three valves cost two each.", "answer": "6"}
+    (tmp_path / "in.jsonl").write_text(json.dumps(record) + "\n")
+    build(BuildConfig(input=str(tmp_path / "in.jsonl"), model=str(tiny_model("qwen2_vl")), out=str(tmp_path / "o"),
+                      reasoning="qvq", workers=1))
+    sample = load_samples(tmp_path / "o")[0]
+    spans = set(sample["label_span"])
+    assert {SPAN_REASONING, SPAN_ANSWER} <= spans
+    processor = trainer.processing_class
+    plain = VisionCollator(processor, loss_weights=True)([sample])
+    assert "loss_weights" not in plain                         # (1, 1): TRL's own path, untouched
+    batch = VisionCollator(processor, loss_weights=True, span_weights=(0.5, 3.0))([sample])
+    expected = [0.0 if lab == -100 else (0.5 if span == SPAN_REASONING else 3.0)
+                for lab, span in zip(sample["labels"], sample["label_span"])]
+    assert batch["loss_weights"][0].tolist() == expected
+    assert torch.allclose(loss(trainer, batch), reference_loss(trainer.model, batch), rtol=1e-4)
+    only_answer = VisionCollator(processor, loss_weights=True, span_weights=(0.0, 1.0))([sample])
+    assert loss(trainer, only_answer) < loss(trainer, plain)

@@ -79,7 +79,8 @@ def plot_losses(rows: list[dict], out_png: str | Path, title: str) -> None:
             ax.plot(*zip(*pts), style, label=key.replace("_", " "))
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.legend()
+    if ax.lines:
+        ax.legend()
     if dpo:
         ax2 = axes[0][1]
         for key in ("rewards/margins", "logps/chosen", "logps/rejected"):

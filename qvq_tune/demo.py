@@ -2,7 +2,8 @@
 
 synthesise diagrams -> build datasets -> evaluate the base -> QLoRA SFT under DeepSpeed
 ZeRO-3 across 2 processes (accelerate launch) -> evaluate the tuned model (and with
-blank images) -> merge into a bf16 model and verify -> report.json + PNG + table.
+blank images) -> export (licence gate; streamed merge into bf16, proven against base +
+adapter before it is put in place; a vLLM-ready adapter) -> report.json + PNG + table.
 Every stage is the same library call the CLI exposes; the demo only chains them.
 """
 
@@ -31,6 +32,9 @@ class DemoConfig:
     accelerate_config: str = "zero3_shard_all"
     seed: int = 0
     max_new_tokens: int = 64
+    # The tiny base carries the Qwen LICENSE AGREEMENT, as QVQ-72B-Preview does: the demo
+    # accepts it for its exports as a user does with `--accept-license qwen`.
+    accept_license: str = "qwen"
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -45,11 +49,17 @@ def _say(msg: str) -> None:
     Console(stderr=True).print(f"[bold cyan]demo[/] {msg}")
 
 
+def _agree(comparison: dict | None) -> str:
+    if not comparison:
+        return "n/a"
+    return f"{comparison['reply_top1_agreement']:.1%} same reply tokens, max |dlogit| {comparison['max_abs_logit_diff']:.3g}"
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     from .data.build import BuildConfig, build
     from .eval.evaluate import EvalOptions, evaluate, load_for_eval
     from .eval.report import plot_run, print_summary
-    from .export.run import export_run
+    from .export.run import AdapterRequest, MergeRequest, export_adapter, export_merge
     from .paths import write_text_atomic
     from .run_folder import METRICS, RunFolder
     from .synth.generate import SynthConfig, generate
@@ -110,10 +120,15 @@ def run_demo(cfg: DemoConfig) -> dict:
     del tuned_model
     stage("eval_tuned")
 
-    _say("7/7 merging the adapter into a bf16 model and verifying the merge")
-    export = export_run(run.path, out / "export", verify_data=data["test"], verify_samples=8)
+    _say("7/7 export: licence gate, streamed merge into bf16 proven against base + adapter, vLLM adapter")
+    evaluation = {"base accuracy": base_eval["accuracy"], "QLoRA accuracy (4-bit base + adapter)": tuned["accuracy"],
+                  "QLoRA accuracy, blank images": tuned_blank["accuracy"], "test samples": tuned["n"]}
+    export = export_merge(MergeRequest(out=out / "export" / "merged", run=run.path, data=data["test"], samples=8,
+                                       accept_license=cfg.accept_license, force=True, evaluation=evaluation))
+    served = export_adapter(AdapterRequest(out=out / "export" / "vllm_adapter", run=run.path, target="vllm",
+                                           accept_license=cfg.accept_license, force=True, evaluation=evaluation))
     mopts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64, dtype="float32")
-    merged = evaluate(load_for_eval(export["merged"], None, mopts), data["test"], mopts,
+    merged = evaluate(load_for_eval(export["out"], None, mopts), data["test"], mopts,
                       out_jsonl=out / "eval" / "merged.jsonl", desc="eval merged")
     stage("export")
 
@@ -138,7 +153,11 @@ def run_demo(cfg: DemoConfig) -> dict:
         "world_size": train_report["world_size"],
         "trainable_parameters": train_report["trainable_parameters"],
         "zero3_partition": train_report["zero3_partition"],
-        "merge_check": export["verification"],
+        "license": {k: export["license"][k] for k in ("license", "name", "commercial_use", "requires_acceptance",
+                                                        "conditions", "disagreement")},
+        "merge_check": export["proof"],
+        "merge_stats": export["merge"],
+        "vllm_serve": served["vllm_serve"],
         "base_pretrain_accuracy": base_pretrain["accuracy"],
         "stage_seconds": timings,
         "wall_seconds": round(time.time() - t0, 1),
@@ -150,9 +169,11 @@ def run_demo(cfg: DemoConfig) -> dict:
         ("base accuracy (held-out test)", f"{report['base_accuracy']:.1%}"),
         ("tuned accuracy", f"{report['tuned_accuracy']:.1%}"),
         ("tuned, blank images", f"{report['tuned_blank_image_accuracy']:.1%}"),
-        ("merged bf16 accuracy", f"{report['merged_accuracy']:.1%}"),
+        ("merged bf16 accuracy (unquantised base)", f"{report['merged_accuracy']:.1%}"),
         ("train loss first -> last", f"{report['train_loss_first']:.3f} -> {report['train_loss_last']:.3f}"),
-        ("merge check (bf16, reply tokens)", f"{export['verification']['saved_reply_top1_agreement']:.1%} same greedy token"),
+        ("licence", f"{report['license']['license']} (accepted for export)"),
+        ("merge proof vs base + adapter", f"{_agree(export['proof']['vs_base_plus_adapter'])}"),
+        ("merged vs 4-bit base + adapter", f"{_agree(export['proof']['vs_4bit_base_plus_adapter'])}"),
         ("processes", str(report["world_size"])),
         ("wall time", f"{report['wall_seconds']:.0f} s"),
         ("report", str(out / "report.json")),

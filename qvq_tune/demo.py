@@ -52,7 +52,8 @@ def _say(msg: str) -> None:
 def _agree(comparison: dict | None) -> str:
     if not comparison:
         return "n/a"
-    return f"{comparison['reply_top1_agreement']:.1%} same reply tokens, max |dlogit| {comparison['max_abs_logit_diff']:.3g}"
+    return (f"{comparison['reply_top1_agreement']:.1%} same reply tokens, "
+            f"max |dlogit| {comparison['max_abs_logit_diff']:.3g}")
 
 
 def run_demo(cfg: DemoConfig) -> dict:

@@ -128,7 +128,8 @@ def main() -> None:
             base = shard(single, work / f"base-{mb}mb", mb)
             n, largest, whole = sizes_mb(base)
             streamed = child_peak_mb(CHILD_STREAMED, str(base), str(adapter), str(work / f"streamed-{mb}"))
-            peft = None if args.no_peft else child_peak_mb(CHILD_PEFT, str(base), str(adapter), str(work / f"peft-{mb}"))
+            peft = None if args.no_peft else \
+                child_peak_mb(CHILD_PEFT, str(base), str(adapter), str(work / f"peft-{mb}"))
             rows.append({"shards": n, "largest_shard_mb": round(largest, 1), "model_mb": round(whole, 1),
                          "baseline_mb": round(baseline, 1), "streamed_peak_mb": round(streamed, 1),
                          "streamed_over_baseline_mb": round(streamed - baseline, 1),

@@ -19,6 +19,9 @@ from safetensors.torch import load_file, save_file
 from qvq_tune.errors import UserError
 from qvq_tune.train.config import recipe_from_dict
 
+from .conftest import FAMILIES
+from .test_export_adapter import make_adapter
+
 # transformers 5 saves the tiny qwen2_vl in the legacy layout; the module tree nests it.
 TO_MODULE_TREE = (("model.", "model.language_model."), ("visual.", "model.visual."))
 
@@ -154,13 +157,15 @@ def test_qlora_legacy_keys_into_a_sharded_module_tree_base_bf16(runs, tmp_path):
     assert as_trained is not None and 0 <= as_trained["reply_top1_agreement"] <= 1
 
 
-def test_run_export_reads_everything_from_the_run_folder(runs, tmp_path):
+def test_run_export_reads_everything_from_the_run_folder(runs, built_train, tmp_path):
+    """Base, adapter, 4-bit settings and training data from the run; the proof on held-out data."""
     from qvq_tune.export.run import MergeRequest, export_merge
     out = tmp_path / "m"
-    report = export_merge(MergeRequest(out=out, run=runs["qlora"].run_dir))
+    report = export_merge(MergeRequest(out=out, run=runs["qlora"].run_dir, data=built_train["test"]))
     assert report["run"] == str(runs["qlora"].run_dir) and report["proof"]["vs_4bit_base_plus_adapter"]
     card = (out / "README.md").read_text()
     assert "base_model_relation: merge" in card and "## Merge proof" in card and "| method | qlora |" in card
+    assert "datasets:\n- train.jsonl\n" in card
     assert json.loads((out / "export_report.json").read_text())["passed"] is True
 
 
@@ -185,7 +190,8 @@ def test_a_perturbed_weight_fails_the_proof_and_nothing_is_written(runs, tmp_pat
     assert sorted(p.name for p in out.parent.iterdir()) == ["merged.export_report.json"]
     report = json.loads(failure_report_path(out).read_text())
     assert report["passed"] is False and report["proof"]["reasons"]
-    assert report["proof"]["vs_base_plus_adapter"]["max_abs_logit_diff"] > report["proof"]["tolerance"]["max_abs_logit_diff"]
+    proof = report["proof"]
+    assert proof["vs_base_plus_adapter"]["max_abs_logit_diff"] > proof["tolerance"]["max_abs_logit_diff"]
     monkeypatch.setattr(merge_module, "merged_tensor", original)        # the same export, unperturbed, passes
     export_merge(MergeRequest(out=out, run=runs["lora"].run_dir))
     assert (out / "model.safetensors").is_file() and not failure_report_path(out).exists()
@@ -253,3 +259,24 @@ def test_without_data_the_proof_uses_synthetic_images_built_with_the_bases_proce
     recipe = runs["lora"]
     report = export_merge(MergeRequest(out=tmp_path / "m", base=recipe.model, adapter=recipe.run_dir / "adapter"))
     assert report["proof"]["passed"] and report["proof"]["samples"] == 4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_streamed_merge_equals_peft_for_every_family(family, tiny_model, tmp_path):
+    """Every family's tiny checkpoint (qwen2_vl / qwen2_5_vl saved in the legacy layout,
+    qwen3_vl / qwen3_vl_moe in the module tree, MoE experts stored transposed), an adapter
+    on the language model and the vision tower: the merged fp32 folder reloads to PEFT's merge."""
+    from qvq_tune.export.adapter import Adapter
+    from qvq_tune.export.merge import base_shards, plan_merge, stream_merge
+    from qvq_tune.models.registry import get_family
+    base = tiny_model(family)
+    adapter = make_adapter(base, tmp_path / "adapter", vision=True, family=family)
+    out = shutil.copytree(base, tmp_path / "merged", ignore=shutil.ignore_patterns("model*.safetensors*"))
+    shards = base_shards(base)
+    plan = plan_merge(Adapter.load(adapter), shards, get_family(family).weight_prefix_aliases)
+    assert any(".visual." in n or n.startswith("visual.") for n in plan.lora)
+    stream_merge(base, shards, plan, out, "float32")
+    expected, merged = peft_merged(base, adapter), reloaded(out)
+    assert merged.keys() == expected.keys()
+    for name in expected:
+        assert torch.allclose(merged[name], expected[name], atol=1e-6, rtol=1e-5), name

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from qvq_tune.errors import UserError
 
 
-def make_adapter(base_dir, out, *, vision: bool = False, **lora):
+def make_adapter(base_dir, out, *, vision: bool = False, family: str = "qwen2_vl", **lora):
     """A PEFT LoRA adapter on `base_dir` with random A and B (no training needed)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
@@ -26,7 +26,7 @@ def make_adapter(base_dir, out, *, vision: bool = False, **lora):
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_pretrained(str(base_dir), dtype=torch.float32)
     config = LoraConfig(**{"r": 16, "lora_alpha": 32, "init_lora_weights": False,
-                           "target_modules": get_family("qwen2_vl").lora_target_regex(vision), **lora})
+                           "target_modules": get_family(family).lora_target_regex(vision), **lora})
     get_peft_model(model, config).save_pretrained(str(out))
     return out
 

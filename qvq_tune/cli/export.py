@@ -51,8 +51,10 @@ def _merge(args) -> int:
                                        data=args.data, dtype=args.dtype, accept_license=args.accept_license,
                                        force=args.force, samples=args.samples, qlora=args.qlora))
     proof = report["proof"]["vs_base_plus_adapter"]
-    print(json.dumps({"out": report["out"], "license": report["license"]["license"], "dtype": report["dtype"],
-                      "proof": proof, "peak_rss_mb": report["proof"]["peak_rss_mb"]}, indent=2))
+    print(json.dumps({"out": report["out"], "license": report["license"]["license"],
+                      "license_restriction": report["license"]["restriction"], "dtype": report["dtype"],
+                      "proof": proof, "vs_4bit_base_plus_adapter": report["proof"]["vs_4bit_base_plus_adapter"],
+                      "peak_rss_mb": report["proof"]["peak_rss_mb"]}, indent=2))
     return 0
 
 
@@ -62,6 +64,8 @@ def _adapter(args) -> int:
                                            adapter=args.adapter, max_lora_rank=args.max_lora_rank,
                                            tower_lora=args.tower_lora, accept_license=args.accept_license,
                                            force=args.force))
+    if report["license"]["restriction"]:
+        print(f"licence {report['license']['license']} accepted: {report['license']['restriction']}")
     for change in report["changes"]:
         print(f"changed: {change}")
     if report.get("vllm_serve"):

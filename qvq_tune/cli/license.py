@@ -31,7 +31,8 @@ def _check(args) -> int:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
     print(f"licence: {report.license} ({report.name}), from {report.source}")
-    print(f"commercial use: {report.commercial_use}; acceptance required: {'yes' if report.requires_acceptance else 'no'}")
+    needed = "yes" if report.requires_acceptance else "no"
+    print(f"commercial use: {report.commercial_use}; acceptance required: {needed}")
     for condition in report.conditions:
         print(f"  - {condition}")
     for e in report.evidence:

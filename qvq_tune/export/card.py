@@ -41,8 +41,8 @@ def model_card(meta: dict, title: str, report: LicenseReport, accepted: str | No
         lines += [f"**{terms.attribution}.**", ""]
     if terms.banner:
         lines += [f"> {terms.banner}", ""]
-    lines += ["## Licence", "", f"Base model licence: **{terms.name}** (`{report.license}`), recognised from "
-              f"{'the LICENSE text' if report.source == 'text' else 'the model card' if report.source == 'card' else 'nothing: no LICENSE, no card'}."]
+    source = {"text": "the LICENSE text", "card": "the model card"}.get(report.source, "nothing: no LICENSE, no card")
+    lines += ["## Licence", "", f"Base model licence: **{terms.name}** (`{report.license}`), recognised from {source}."]
     if accepted:
         lines += [f"Accepted for this export with `--accept-license {accepted}` on {date.today().isoformat()}."]
     if report.disagreement:

@@ -200,9 +200,9 @@ def stream_merge(base_dir: str | Path, shards: list[Shard], plan: MergePlan, out
                 info = f.get_slice(name)
                 code = info.get_dtype()
                 layout.append((name, out_code if code in _FLOATING else code, info.get_shape()))
-            total += write_safetensors(out_dir / shard.file, layout,
-                                       lambda name: merged_tensor(name, f.get_tensor(name), plan, torch_dtype, owned=True),
-                                       {"format": "pt"})
+            total += write_safetensors(
+                out_dir / shard.file, layout,
+                lambda name: merged_tensor(name, f.get_tensor(name), plan, torch_dtype, owned=True), {"format": "pt"})
         weight_map.update({name: shard.file for name in shard.names})
         done += sum(1 for n in shard.names if n in plan.lora or n in plan.whole)
         release_freed_memory()

@@ -24,12 +24,13 @@ class Sources:
     """Where an export reads from: a run folder, or a base and an adapter given directly."""
     base: Path
     adapter_dir: Path
-    data: Path | None = None
+    data: Path | None = None                  # the proof's samples
     processor_settings: dict = field(default_factory=dict)
     method: str | None = None                 # qlora | lora | full, when a run says
     quantized: dict | None = None             # the 4-bit settings a QLoRA run trained with
     train_report: dict | None = None
     run: Path | None = None
+    train_data: Path | None = None            # what the adapter was trained on (a run says)
 
     @classmethod
     def resolve(cls, run: str | Path | None = None, base: str | Path | None = None,
@@ -51,8 +52,9 @@ class Sources:
             quantized = {"quant_type": quant.get("type", "nf4"), "double_quant": quant.get("double_quant", True),
                          "dtype": recipe.get("dtype", "float32")}
         report = folder.train_report() if folder.file(TRAIN_REPORT).is_file() else None
-        return cls(folder.model_dir(), folder.adapter, Path(data) if data else Path(folder.dataset()["train"]),
-                   folder.processor_settings(), method, quantized, report, folder.path)
+        train_data = Path(folder.dataset()["train"])
+        return cls(folder.model_dir(), folder.adapter, Path(data) if data else train_data,
+                   folder.processor_settings(), method, quantized, report, folder.path, train_data)
 
 
 def proof_batch(src: Sources, samples: int) -> dict:
@@ -76,7 +78,8 @@ def proof_batch(src: Sources, samples: int) -> dict:
 
 
 def dataset_names(src: Sources) -> list[str]:
+    """The training data's source file, for the card's `datasets` (a run only)."""
     from ..data.dataset import build_report
-    report = build_report(src.data) if src.data else None
+    report = build_report(src.train_data) if src.train_data else None
     source = (report or {}).get("settings", {}).get("input")
     return [Path(source).name] if source else []

@@ -49,7 +49,8 @@ def for_vllm(adapter: Adapter, family: ModelFamily, modules: NameIndex, *, max_l
     if adapter.modules_to_save or adapter.whole:
         saved = adapter.modules_to_save or sorted(adapter.whole)
         refusals.append(f"it trains whole modules ({', '.join(saved)}): vLLM only supports modules_to_save being None")
-    if cfg.get("bias", "none") != "none" or cfg.get("lora_bias") or any(p.b_bias is not None for p in adapter.pairs.values()):
+    lora_bias = cfg.get("lora_bias") or any(p.b_bias is not None for p in adapter.pairs.values())
+    if cfg.get("bias", "none") != "none" or lora_bias:
         refusals.append(f"it trains biases (bias={cfg.get('bias')!r}, lora_bias={cfg.get('lora_bias')}): "
                         "vLLM does not support adapter biases")
     if adapter.unsupported and not adapter.use_dora:

@@ -272,8 +272,9 @@ def classify(model_dir: str | Path) -> LicenseReport:
         verdict, source = "unknown", "none"
     if source == "text" and named and named != verdict and not disagreement:
         shown = card.get("license") if card.get("license") not in (None, "other") else card.get("license_name")
-        disagreement = (f"the model card names {shown!r} ({named}) but {'/'.join(p.name for p in files)} "
-                        f"{'is the ' + LICENSES[verdict].name if verdict != 'unknown' else 'is not a licence text qvq-tune recognises'}; "
+        text_is = f"is the {LICENSES[verdict].name}" if verdict != "unknown" else \
+            "is not a licence text qvq-tune recognises"
+        disagreement = (f"the model card names {shown!r} ({named}) but {'/'.join(p.name for p in files)} {text_is}; "
                         "the text is trusted")
     terms = LICENSES[verdict]
     return LicenseReport(

@@ -3,9 +3,10 @@
 `accelerate/` holds the accelerate configs (and DeepSpeed JSONs they point at) that
 `--accelerate-config NAME` resolves to; `recipes/` holds the YAML recipes, including the
 demo's; `licenses/` the licence texts the tiny zoo writes next to its checkpoints
-(copies of `tests/data/licenses/`, which says where they come from). The repository's top-level `accelerate_configs/` and `recipes/` are the
-user-facing copies of these (a test keeps them equal), so an installed copy finds
-everything without a checkout.
+(copies of `tests/data/licenses/`, whose SOURCES.md says where they come from). The
+repository's top-level `accelerate_configs/` and `recipes/` are the user-facing copies of
+the first two (a test keeps them equal), so an installed copy finds everything without a
+checkout.
 """
 
 from __future__ import annotations

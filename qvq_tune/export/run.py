@@ -144,6 +144,7 @@ def _package(src: Sources, tmp: Path, title: str, licence: LicenseReport, accept
 
 
 def _fail(out: Path, report: dict, message: str):
+    message = " ".join(message.split())          # one line, whatever the cause printed
     write_json_atomic(failure_report_path(out), {**report, "passed": False, "error": message})
     raise ExportFailed(f"{message}; nothing was written to {out}; see {failure_report_path(out)}")
 

@@ -92,9 +92,9 @@ def for_vllm(adapter: Adapter, family: ModelFamily, modules: NameIndex, *, max_l
     if renamed:
         changes.append(f"renamed {renamed} adapter modules to the model.language_model.* / model.visual.* layout, "
                        "the one vLLM's Qwen2-VL, Qwen2.5-VL and Qwen3-VL weight mappers all accept")
-    alpha = float(cfg.get("lora_alpha") or rank)
+    alpha = cfg.get("lora_alpha") or rank
     r_cfg = int(cfg.get("r") or rank)
-    served_scale = alpha / r_cfg
+    served_scale = float(alpha) / r_cfg
     tensors, kept, folded = {}, [], 0
     for module, pair in adapter.pairs.items():
         if module in on_tower and not tower_lora:

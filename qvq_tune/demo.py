@@ -5,7 +5,8 @@ might: a loop, or Chinese mixed in; same final answer) -> build datasets -> eval
 base -> QLoRA SFT under DeepSpeed ZeRO-3 across 2 processes (accelerate launch) ->
 evaluate the tuned model (and with blank images; and sampled replies, counting the
 defects it learnt) -> DPO from the SFT adapter on clean-vs-defective pairs cut at the
-first differing step -> evaluate again -> merge into a bf16 model and verify ->
+first differing step -> evaluate again -> export (licence gate; streamed merge into bf16,
+proven against base + adapter before it is put in place; a vLLM-ready adapter) ->
 report.json + PNG + tables, with the reasoning diagnostics (truncation, loops, language
 mixing, consistency) before and after. Every stage is the same library call the CLI
 exposes; the demo only chains them.
@@ -42,6 +43,9 @@ class DemoConfig:
     dpo_steps: int = field(default=150, metadata={"help": "DPO steps (0: no DPO stage)"})
     defect_samples: int = field(default=4, metadata={
         "help": "sampled replies per test prompt when counting defects"})
+    # The tiny base carries the Qwen LICENSE AGREEMENT, as QVQ-72B-Preview does: the demo
+    # accepts it for its exports as a user does with `--accept-license qwen`.
+    accept_license: str = "qwen"
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -88,6 +92,13 @@ def defect_rate(em, test_dir: Path, cfg: DemoConfig, out_dir: Path, desc: str) -
             "language_mix_rate": summary["language_mix_rate"]}
 
 
+def _agree(comparison: dict | None) -> str:
+    if not comparison:
+        return "n/a"
+    return (f"{comparison['reply_top1_agreement']:.1%} same reply tokens, "
+            f"max |dlogit| {comparison['max_abs_logit_diff']:.3g}")
+
+
 def _train(recipe_name: str, overrides: dict, cfg: DemoConfig):
     from .run_folder import RunFolder
     from .train.config import load_recipe
@@ -102,7 +113,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .data.build import BuildConfig, build
     from .eval.compare import compare, comparison_markdown
     from .eval.evaluate import EvalOptions, evaluate, load_for_eval
-    from .export.run import export_run
+    from .export.run import AdapterRequest, MergeRequest, export_adapter, export_merge
     from .paths import write_text_atomic
     from .synth.generate import SynthConfig, generate
     from .synth.tasks import DEFECTS
@@ -170,9 +181,16 @@ def run_demo(cfg: DemoConfig) -> dict:
         del model
         clock.stage("dpo")
 
-    _say("8/9 merging the final adapter into a bf16 model and verifying the merge")
-    export = export_run(final_run.path, out / "export", verify_data=data["test"], verify_samples=8)
-    merged = evaluate(load_for_eval(export["merged"], None, opts), data["test"], opts, out / "eval" / "merged",
+    _say("8/9 export: licence gate, streamed merge into bf16 proven against base + adapter, vLLM adapter")
+    final = dpo_eval if dpo else tuned
+    evaluation = {"base accuracy": base_eval["accuracy"], "QLoRA accuracy (4-bit base + adapter)": final["accuracy"],
+                  "QLoRA accuracy, blank images": tuned["blank_accuracy"], "test samples": tuned["n"]}
+    export = export_merge(MergeRequest(out=out / "export" / "merged", run=final_run.path, data=data["test"],
+                                       samples=8, accept_license=cfg.accept_license, force=True,
+                                       evaluation=evaluation))
+    served = export_adapter(AdapterRequest(out=out / "export" / "vllm_adapter", run=final_run.path, target="vllm",
+                                           accept_license=cfg.accept_license, force=True, evaluation=evaluation))
+    merged = evaluate(load_for_eval(export["out"], None, opts), data["test"], opts, out / "eval" / "merged",
                       desc="eval merged")
     clock.stage("export")
 
@@ -199,7 +217,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         "dpo_reward_accuracy_last": dpo_report.get("rewards_accuracies_last") if dpo else None,
         "dpo_reward_margin_first": dpo_report.get("rewards_margins_first") if dpo else None,
         "dpo_reward_margin_last": dpo_report.get("rewards_margins_last") if dpo else None,
-        "exported_run": final_run.path.name, "merge_check": export["verification"],
+        "exported_run": final_run.path.name,
+        "license": {k: export["license"][k] for k in ("license", "name", "commercial_use", "requires_acceptance",
+                                                        "conditions", "disagreement")},
+        "merge_check": export["proof"], "merge_stats": export["merge"], "vllm_serve": served["vllm_serve"],
         "diagnostics": {"base": base_eval, "tuned": tuned, **({"dpo": dpo_eval} if dpo else {})},
         "before_after": before_after,
         "base_pretrain_accuracy": base_pretrain["accuracy"],
@@ -243,10 +264,11 @@ def _print(report: dict, export: dict, out: Path) -> None:
         rows += [("defective sampled replies after DPO", f"{report['dpo_defect_rate']:.1%}"),
                  ("accuracy after DPO", f"{report['dpo_accuracy']:.1%}")]
     rows += [
-        ("merged bf16 accuracy", f"{report['merged_accuracy']:.1%}"),
+        ("merged bf16 accuracy (unquantised base)", f"{report['merged_accuracy']:.1%}"),
         ("train loss first -> last", f"{report['train_loss_first']:.3f} -> {report['train_loss_last']:.3f}"),
-        ("merge check (bf16, reply tokens)",
-         f"{export['verification']['saved_reply_top1_agreement']:.1%} same greedy token"),
+        ("licence", f"{report['license']['license']} (accepted for export)"),
+        ("merge proof vs base + adapter", _agree(export["proof"]["vs_base_plus_adapter"])),
+        ("merged vs 4-bit base + adapter", _agree(export["proof"]["vs_4bit_base_plus_adapter"])),
         ("processes", str(report["world_size"])),
         ("wall time", f"{report['wall_seconds']:.0f} s"),
         ("report", str(out / "report.json")),

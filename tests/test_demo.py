@@ -39,6 +39,10 @@ def test_short_demo_end_to_end(tmp_path, tiny_base):
     assert report["train_loss_last"] < 0.25 * report["train_loss_first"]
     assert report["zero3_partition"]["local_numel"] < report["zero3_partition"]["full_numel"]
     assert report["merge_check"]["passed"] and report["merge_check"]["adapter_effect"] > 0
+    # The tiny base carries the Qwen LICENSE AGREEMENT (as QVQ does): the export went through the gate.
+    assert report["license"]["license"] == "qwen" and report["license"]["requires_acceptance"]
+    assert report["merge_check"]["vs_4bit_base_plus_adapter"] is not None          # QLoRA: reported apart
+    assert report["vllm_serve"].startswith("vllm serve ")
     # A real lift that comes from reading the image. Measured with this configuration over
     # seeds 0-2: base 0.0 / 0.0 / 0.0, tuned 0.71 / 0.75 / 0.63, blank images 0.13 / 0.0 / 0.0,
     # merged bf16 0.63 / 0.50 / 0.54. 0.4 is > 3 binomial standard deviations (48 samples)
@@ -49,7 +53,10 @@ def test_short_demo_end_to_end(tmp_path, tiny_base):
     out = tmp_path / "demo"
     assert json.loads((out / "report.json").read_text()) == report
     assert (out / "report.png").stat().st_size > 1000
-    assert (out / "export" / "merged" / "model.safetensors").is_file()
+    merged = out / "export" / "merged"
+    assert (merged / "model.safetensors").is_file() and (merged / "SHA256SUMS").is_file()
+    assert (merged / "NOTICE").read_text().startswith("Qwen is licensed under the Qwen LICENSE AGREEMENT")
+    assert "**Built with Qwen.**" in (merged / "README.md").read_text()
     rows = [json.loads(line) for line in (out / "eval" / "tuned" / "samples.jsonl").read_text().splitlines()]
     real = [r for r in rows if r["condition"] == "real"]
     assert len(real) == 48 and all({"reply", "extracted", "reference", "correct", "diagnostics"} <= set(r) for r in rows)

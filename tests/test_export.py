@@ -1,115 +1,282 @@
-"""Export: merge into the unquantised base, verify numerically, and catch a bad merge.
+"""`export merge`: the streamed merge, its proof, and a target that only ever holds a checked export.
 
-The reference for the merged weights is computed here by hand from the adapter file
-(W + alpha / r * B @ A), independent of PEFT's merge and of the code under test.
+The references are independent of the merge code: PEFT's own `merge_and_unload` for the
+weights, PEFT's unmerged forward (inside the proof) for the logits. Bases are re-saved in
+several shards and in both weight-name layouts; adapters in both key layouts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from qvq_tune.errors import UserError
 from qvq_tune.train.config import recipe_from_dict
+
+from .conftest import FAMILIES
+from .test_export_adapter import make_adapter
+
+# transformers 5 saves the tiny qwen2_vl in the legacy layout; the module tree nests it.
+TO_MODULE_TREE = (("model.", "model.language_model."), ("visual.", "model.visual."))
+
+
+def _rename(name: str, pairs) -> str:
+    for old, new in pairs:
+        if name.startswith(old) and not name.startswith(new):
+            return new + name[len(old):]
+    return name
+
+
+def reshard(src, dst, *, shards: int, module_tree: bool):
+    """A copy of the checkpoint `src` with its weights split over `shards` files (with an
+    index), named in the legacy layout as saved or in the module-tree layout."""
+    src = Path(src)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.safetensors*"))
+    weights = load_file(src / "model.safetensors")
+    names = sorted(weights)
+    weight_map = {}
+    for i in range(shards):
+        part = {(_rename(n, TO_MODULE_TREE) if module_tree else n): weights[n] for n in names[i::shards]}
+        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        save_file(part, dst / file, metadata={"format": "pt"})
+        weight_map.update({n: file for n in part})
+    total = sum(t.numel() * t.element_size() for t in weights.values())
+    (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                   "weight_map": weight_map}))
+    return dst
+
+
+def legacy_adapter(src, dst):
+    """The adapter with its keys in the legacy (`model.layers.*`) layout."""
+    shutil.copytree(src, dst)
+    tensors = load_file(src / "adapter_model.safetensors")
+    save_file({k.replace("model.language_model.", "model."): v for k, v in tensors.items()},
+              dst / "adapter_model.safetensors")
+    return dst
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, tiny_model, built_train):
-    """A QLoRA adapter trained for a few steps on the tiny qwen2_vl."""
+def runs(tmp_path_factory, tiny_model, built_train):
+    """A LoRA and a QLoRA adapter trained for a few steps on the tiny qwen2_vl."""
     from qvq_tune.train.run import train
-    root = tmp_path_factory.mktemp("export_run")
-    recipe = recipe_from_dict({
-        "name": "r", "model": str(tiny_model("qwen2_vl")), "method": "qlora", "output_dir": str(root),
-        "data": {"train": str(built_train["train"])},
-        "optim": {"max_steps": 8, "per_device_batch_size": 8, "lr": 0.005, "warmup_steps": 1}})
-    train(recipe, in_process=True)
-    return recipe
+    root = tmp_path_factory.mktemp("export_runs")
+    out = {}
+    for method in ("lora", "qlora"):
+        recipe = recipe_from_dict({
+            "name": method, "model": str(tiny_model("qwen2_vl")), "method": method, "output_dir": str(root),
+            "data": {"train": str(built_train["train"])},
+            "optim": {"max_steps": 8, "per_device_batch_size": 8, "lr": 0.005, "warmup_steps": 1}})
+        train(recipe, in_process=True)
+        out[method] = recipe
+    return out
 
 
-def _batch(recipe, n=4):
-    from qvq_tune.data.collate import VisionCollator
-    from qvq_tune.data.dataset import load_samples
-    from qvq_tune.models.loading import load_processor
-    ds = load_samples(recipe.data.train)
-    return VisionCollator(load_processor(recipe.model))([ds[i] for i in range(n)])
-
-
-def _hand_merged_weights(base_dir, adapter_dir) -> tuple[dict, int]:
-    """Base weights (by module name) with every LoRA pair folded in: W + alpha/r * B @ A."""
+def peft_merged(base_dir, adapter_dir) -> dict:
+    """PEFT's own merge of the adapter into the fp32 base: the weights reference."""
+    from peft import PeftModel
     from transformers import AutoModelForImageTextToText
-    weights = {k: v.detach().clone() for k, v in
-               AutoModelForImageTextToText.from_pretrained(base_dir, dtype=torch.float32).state_dict().items()}
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    scale = config["lora_alpha"] / config["r"]
-    adapter = load_file(adapter_dir / "adapter_model.safetensors")
-    merged = 0
-    for key, a in adapter.items():
-        if ".lora_A." not in key:
-            continue
-        b = adapter[key.replace(".lora_A.", ".lora_B.")]
-        module = key.removeprefix("base_model.model.").split(".lora_A.")[0]
-        weights[module + ".weight"] += scale * (b.float() @ a.float())
-        merged += 1
-    return weights, merged
+    base = AutoModelForImageTextToText.from_pretrained(str(base_dir), dtype=torch.float32)
+    return {k: v.detach().clone() for k, v in
+            PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().state_dict().items()}
 
 
-def test_export_merges_into_bf16_matching_a_hand_computed_merge(trained_run, tmp_path):
+def reloaded(folder) -> dict:
     from transformers import AutoModelForImageTextToText
-
-    from qvq_tune.export.run import export_run
-    report = export_run(trained_run.run_dir, tmp_path / "exp")
-    check = report["verification"]
-    assert check["passed"]
-    assert check["adapter_effect"] > 0.01, "the adapter must change the logits, or the check proves nothing"
-    merged_dir = tmp_path / "exp" / "merged"
-    config = json.loads((merged_dir / "config.json").read_text())
-    assert config.get("dtype", config.get("torch_dtype")) == "bfloat16"
-    assert "quantization_config" not in config
-    assert (tmp_path / "exp" / "adapter" / "adapter_config.json").is_file()
-
-    reference, n_pairs = _hand_merged_weights(trained_run.model, trained_run.run_dir / "adapter")
-    layers, per_layer = 2, 7                     # the tiny model's depth; 7 LM projections each
-    assert n_pairs == layers * per_layer
-    merged = AutoModelForImageTextToText.from_pretrained(merged_dir, dtype=torch.float32).state_dict()
-    assert merged.keys() == reference.keys()
-    assert not any("lora" in k for k in merged)
-    unmerged = AutoModelForImageTextToText.from_pretrained(trained_run.model, dtype=torch.float32).state_dict()
-    adapted = [n for n in reference if not torch.equal(reference[n], unmerged[n])]
-    assert len(adapted) == n_pairs
-    for name, ref in reference.items():
-        tol = ref.abs() * 2 ** -7 + 1e-6          # one bf16 ulp (8 significant bits)
-        assert ((merged[name] - ref).abs() <= tol).all(), name
-    # The check can fail: the unmerged base is outside that tolerance on every adapted weight.
-    for name in adapted:
-        tol = reference[name].abs() * 2 ** -7 + 1e-6
-        assert ((unmerged[name] - reference[name]).abs() > tol).any(), name
+    return {k: v.detach() for k, v in
+            AutoModelForImageTextToText.from_pretrained(str(folder), dtype=torch.float32).state_dict().items()}
 
 
-def test_verification_catches_a_merge_that_is_not_base_plus_adapter(trained_run, tmp_path):
-    """Export the *base* as if it were the merged model: the check must fail."""
-    from qvq_tune.export.merge import reply_positions, verify_merge
-    fake = tmp_path / "fake_merged"
-    shutil.copytree(trained_run.model, fake)
-    batch = _batch(trained_run)
-    replies = reply_positions(batch.pop("labels"))
-    check = verify_merge(trained_run.model, str(trained_run.run_dir / "adapter"), str(fake), batch, replies)
-    assert not check.passed
-    assert check.saved_reply_worst_flip > 1.0
+def check_sums(folder):
+    rows = (folder / "SHA256SUMS").read_text().splitlines()
+    listed = {line.split("  ", 1)[1]: line.split("  ", 1)[0] for line in rows}
+    assert set(listed) == {p.name for p in folder.iterdir() if p.name != "SHA256SUMS"}
+    for name, digest in listed.items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
 
 
-def test_refuses_to_merge_into_4bit_weights(trained_run):
-    from qvq_tune.export.merge import _assert_unquantised
-    from qvq_tune.models.loading import load_model
-    quantised = load_model(trained_run.model, load_in_4bit=True)
-    with pytest.raises(RuntimeError, match="quantised"):
-        _assert_unquantised(quantised)
-    _assert_unquantised(load_model(trained_run.model))
+def test_lora_into_a_sharded_legacy_base_equals_peft_merge(runs, tmp_path):
+    """Module-tree adapter keys into a base whose 5 shards use the legacy names, fp32: the
+    merged weights equal PEFT's merge_and_unload; the folder loads like the base."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from qvq_tune.export.run import MergeRequest, export_merge
+    recipe = runs["lora"]
+    base = reshard(recipe.model, tmp_path / "base", shards=5, module_tree=False)
+    out = tmp_path / "merged"
+    report = export_merge(MergeRequest(out=out, base=base, adapter=recipe.run_dir / "adapter",
+                                       data=recipe.data.train, dtype="fp32"))
+    assert report["proof"]["passed"] and report["merge"]["shards"] == 5
+    assert report["merge"]["adapted_weights"] == 2 * 7            # 2 layers x 7 projections
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) == 5
+    assert all(not n.startswith("model.language_model.") for n in index["weight_map"])   # the base's own names
+    expected, merged = peft_merged(recipe.model, recipe.run_dir / "adapter"), reloaded(out)
+    assert merged.keys() == expected.keys()
+    original = reloaded(recipe.model)
+    changed = [n for n in expected if not torch.equal(expected[n], original[n])]
+    assert len(changed) == 14
+    for name in expected:
+        assert torch.allclose(merged[name], expected[name], atol=1e-6, rtol=1e-5), name
+    assert all(not torch.allclose(merged[n], original[n], atol=1e-4) for n in changed)   # the check can fail
+    proof = report["proof"]
+    assert proof["vs_base_plus_adapter"]["max_abs_logit_diff"] <= proof["tolerance"]["max_abs_logit_diff"]
+    assert proof["adapter_effect"] > 10 * proof["vs_base_plus_adapter"]["max_abs_logit_diff"]
+    assert proof["vs_4bit_base_plus_adapter"] is None                               # a LoRA run
+    config = json.loads((out / "config.json").read_text())
+    assert config["dtype"] == "float32" and "quantization_config" not in config
+    assert isinstance(AutoModelForImageTextToText.from_pretrained(str(out)), type(
+        AutoModelForImageTextToText.from_pretrained(str(recipe.model))))
+    processor = AutoProcessor.from_pretrained(str(out))
+    assert processor.chat_template == AutoProcessor.from_pretrained(str(recipe.model)).chat_template
+    check_sums(out)
 
 
-def test_reply_positions_shift_labels_left():
-    from qvq_tune.export.merge import reply_positions
-    labels = torch.tensor([[-100, -100, 5, 6, -100]])
-    assert reply_positions(labels).tolist() == [[False, True, True, False, False]]
+def test_qlora_legacy_keys_into_a_sharded_module_tree_base_bf16(runs, tmp_path):
+    """Legacy adapter keys into a module-tree base in 3 shards, bf16: within one bf16 ulp of
+    PEFT's merge; the proof reports the 4-bit base + adapter the run trained on separately."""
+    from qvq_tune.export.run import export_merge, MergeRequest
+    recipe = runs["qlora"]
+    base = reshard(recipe.model, tmp_path / "base", shards=3, module_tree=True)
+    adapter = legacy_adapter(recipe.run_dir / "adapter", tmp_path / "adapter")
+    out = tmp_path / "merged"
+    report = export_merge(MergeRequest(out=out, base=base, adapter=adapter, data=recipe.data.train, qlora=True))
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert all(n.startswith(("model.language_model.", "model.visual.", "lm_head")) for n in index["weight_map"])
+    expected, merged = peft_merged(recipe.model, recipe.run_dir / "adapter"), reloaded(out)
+    for name, ref in expected.items():
+        assert ((merged[name] - ref).abs() <= ref.abs() * 2 ** -8 + 1e-6).all(), name
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert report["proof"]["passed"] and report["proof"]["dtype"] == "bfloat16"
+    as_trained = report["proof"]["vs_4bit_base_plus_adapter"]
+    assert as_trained is not None and 0 <= as_trained["reply_top1_agreement"] <= 1
+
+
+def test_run_export_reads_everything_from_the_run_folder(runs, built_train, tmp_path):
+    """Base, adapter, 4-bit settings and training data from the run; the proof on held-out data."""
+    from qvq_tune.export.run import MergeRequest, export_merge
+    out = tmp_path / "m"
+    report = export_merge(MergeRequest(out=out, run=runs["qlora"].run_dir, data=built_train["test"]))
+    assert report["run"] == str(runs["qlora"].run_dir) and report["proof"]["vs_4bit_base_plus_adapter"]
+    card = (out / "README.md").read_text()
+    assert "base_model_relation: merge" in card and "## Merge proof" in card and "| method | qlora |" in card
+    assert "datasets:\n- train.jsonl\n" in card
+    assert json.loads((out / "export_report.json").read_text())["passed"] is True
+
+
+def test_a_perturbed_weight_fails_the_proof_and_nothing_is_written(runs, tmp_path, monkeypatch):
+    """One merged weight off by noise of half its spread: the proof fails, the target is not
+    created, no temporary folder is left, and the report beside the target says why."""
+    from qvq_tune.export import merge as merge_module
+    from qvq_tune.export.run import ExportFailed, MergeRequest, export_merge, failure_report_path
+    original = merge_module.merged_tensor
+
+    def faulty(name, tensor, plan, dtype, owned=False):
+        out = original(name, tensor, plan, dtype, owned=owned)
+        if name == "model.layers.1.mlp.down_proj.weight":
+            noise = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
+            out = (out.float() + 0.5 * out.float().std() * noise).to(dtype)
+        return out
+    monkeypatch.setattr(merge_module, "merged_tensor", faulty)
+    out = tmp_path / "exports" / "merged"
+    with pytest.raises(ExportFailed, match="failed its check against base \\+ adapter") as e:
+        export_merge(MergeRequest(out=out, run=runs["lora"].run_dir))
+    assert "\n" not in str(e.value) and str(out) in str(e.value)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["merged.export_report.json"]
+    report = json.loads(failure_report_path(out).read_text())
+    assert report["passed"] is False and report["proof"]["reasons"]
+    proof = report["proof"]
+    assert proof["vs_base_plus_adapter"]["max_abs_logit_diff"] > proof["tolerance"]["max_abs_logit_diff"]
+    monkeypatch.setattr(merge_module, "merged_tensor", original)        # the same export, unperturbed, passes
+    export_merge(MergeRequest(out=out, run=runs["lora"].run_dir))
+    assert (out / "model.safetensors").is_file() and not failure_report_path(out).exists()
+
+
+def test_an_adapter_key_that_matches_no_base_weight_is_refused(runs, tmp_path):
+    from qvq_tune.export.run import MergeRequest, export_merge
+    adapter = shutil.copytree(runs["lora"].run_dir / "adapter", tmp_path / "adapter")
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    stray = "base_model.model.model.language_model.layers.0.self_attn.qkv_proj"
+    tensors[f"{stray}.lora_A.weight"] = torch.zeros(16, 128)
+    tensors[f"{stray}.lora_B.weight"] = torch.zeros(128, 16)
+    save_file(tensors, adapter / "adapter_model.safetensors")
+    out = tmp_path / "merged"
+    with pytest.raises(UserError, match="qkv_proj.weight' matches no weight of the base") as e:
+        export_merge(MergeRequest(out=out, base=runs["lora"].model, adapter=adapter, data=runs["lora"].data.train))
+    assert "adapter_model.safetensors" in str(e.value)
+    assert not out.exists() and list(tmp_path.iterdir()) == [adapter]
+
+
+def test_existing_target_is_kept_without_force_and_replaced_with_it(runs, tmp_path):
+    from qvq_tune.export.run import MergeRequest, export_merge
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="the target exists; pass --force"):
+        export_merge(MergeRequest(out=out, run=runs["lora"].run_dir))
+    assert (out / "keep.txt").read_text() == "mine"
+    export_merge(MergeRequest(out=out, run=runs["lora"].run_dir, force=True))
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+
+
+def test_refuses_when_the_disk_is_too_small(runs, tmp_path, monkeypatch):
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    from qvq_tune.export.run import MergeRequest, export_merge
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(10 << 20, 10 << 20, 1 << 20))
+    with pytest.raises(UserError, match="not enough free disk space"):
+        export_merge(MergeRequest(out=tmp_path / "m", run=runs["lora"].run_dir))
+    assert not (tmp_path / "m").exists()
+
+
+def test_names_resolve_across_layouts_in_both_directions():
+    from qvq_tune.export.names import NameIndex
+    from qvq_tune.models.registry import WEIGHT_PREFIX_ALIASES
+    legacy = NameIndex(["model.layers.0.mlp.up_proj.weight", "visual.blocks.0.attn.qkv.weight", "lm_head.weight"],
+                       WEIGHT_PREFIX_ALIASES)
+    assert legacy.resolve("model.language_model.layers.0.mlp.up_proj.weight") == "model.layers.0.mlp.up_proj.weight"
+    assert legacy.resolve("model.visual.blocks.0.attn.qkv.weight") == "visual.blocks.0.attn.qkv.weight"
+    assert legacy.resolve("language_model.model.layers.0.mlp.up_proj.weight") == "model.layers.0.mlp.up_proj.weight"
+    assert legacy.resolve("model.layers.0.mlp.down_proj.weight") is None
+    tree = NameIndex(["model.language_model.layers.0.mlp.up_proj.weight", "model.visual.merger.mlp.0.weight"],
+                     WEIGHT_PREFIX_ALIASES)
+    assert tree.resolve("model.layers.0.mlp.up_proj.weight") == "model.language_model.layers.0.mlp.up_proj.weight"
+    assert tree.resolve("visual.merger.mlp.0.weight") == "model.visual.merger.mlp.0.weight"
+    both = NameIndex(["model.layers.0.x.weight", "model.language_model.layers.0.x.weight"], WEIGHT_PREFIX_ALIASES)
+    with pytest.raises(ValueError, match="several"):
+        both.resolve("language_model.layers.0.x.weight")
+
+
+def test_without_data_the_proof_uses_synthetic_images_built_with_the_bases_processor(runs, tmp_path):
+    from qvq_tune.export.run import MergeRequest, export_merge
+    recipe = runs["lora"]
+    report = export_merge(MergeRequest(out=tmp_path / "m", base=recipe.model, adapter=recipe.run_dir / "adapter"))
+    assert report["proof"]["passed"] and report["proof"]["samples"] == 4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_streamed_merge_equals_peft_for_every_family(family, tiny_model, tmp_path):
+    """Every family's tiny checkpoint (qwen2_vl / qwen2_5_vl saved in the legacy layout,
+    qwen3_vl / qwen3_vl_moe in the module tree, MoE experts stored transposed), an adapter
+    on the language model and the vision tower: the merged fp32 folder reloads to PEFT's merge."""
+    from qvq_tune.export.adapter import Adapter
+    from qvq_tune.export.merge import base_shards, plan_merge, stream_merge
+    from qvq_tune.models.registry import get_family
+    base = tiny_model(family)
+    adapter = make_adapter(base, tmp_path / "adapter", vision=True, family=family)
+    out = shutil.copytree(base, tmp_path / "merged", ignore=shutil.ignore_patterns("model*.safetensors*"))
+    shards = base_shards(base)
+    plan = plan_merge(Adapter.load(adapter), shards, get_family(family).weight_prefix_aliases)
+    assert any(".visual." in n or n.startswith("visual.") for n in plan.lora)
+    stream_merge(base, shards, plan, out, "float32")
+    expected, merged = peft_merged(base, adapter), reloaded(out)
+    assert merged.keys() == expected.keys()
+    for name in expected:
+        assert torch.allclose(merged[name], expected[name], atol=1e-6, rtol=1e-5), name

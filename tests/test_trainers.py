@@ -318,7 +318,7 @@ def test_a_build_with_other_pixel_limits_trains_evaluates_and_exports(tmp_path, 
     evaluation and export all read the build's settings; none meets a grid mismatch."""
     from qvq_tune.data.build import BuildConfig, build
     from qvq_tune.eval.evaluate import EvalOptions, evaluate, load_for_eval
-    from qvq_tune.export.run import export_run
+    from qvq_tune.export.run import MergeRequest, export_merge
     from qvq_tune.synth.generate import SynthConfig, generate
     from qvq_tune.train.run import train
     model = tiny_model("qwen2_vl")
@@ -334,7 +334,8 @@ def test_a_build_with_other_pixel_limits_trains_evaluates_and_exports(tmp_path, 
     opts = EvalOptions(max_new_tokens=8, limit=4, device="cpu")
     assert evaluate(load_for_eval(model, recipe.run_dir / "adapter", opts), tmp_path / "test", opts,
                     tmp_path / "eval")["n"] == 4
-    assert export_run(recipe.run_dir, tmp_path / "export")["verification"]["passed"]
+    report = export_merge(MergeRequest(out=tmp_path / "export", run=recipe.run_dir, data=tmp_path / "test"))
+    assert report["passed"] and report["proof"]["passed"]
 
 
 # ---- recipes that fail before anything launches ------------------------------------------

@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-SUBCOMMANDS = ("demo", "models", "zoo", "synth", "data", "train", "plan", "eval", "export")
+SUBCOMMANDS = ("demo", "models", "zoo", "synth", "data", "train", "plan", "eval", "export", "license")
 
 
 def build_parser() -> argparse.ArgumentParser:

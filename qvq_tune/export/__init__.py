@@ -1,1 +1,1 @@
-"""Export stage: merge adapters into a full-precision base, verify, and package for serving."""
+"""Export stage: a merged model proven against base + adapter, adapters for PEFT / vLLM, licence gating."""

@@ -1,58 +1,270 @@
-"""`export_run(run, out)`: the export flow the CLI and the demo both call.
+"""The two export flows the CLI and the demo call: a merged model, and an adapter for serving.
 
-Reads everything from the run folder (base checkpoint, adapter, the dataset and the
-processor settings it was built with), merges the adapter into the unquantised base,
-saves it in the export dtype and verifies it against base + adapter on real samples.
+`export_merge`: licence gate -> match the adapter to the base (refuse before writing) ->
+check the target and the free disk space -> streamed merge into a temporary folder beside
+the target -> config, processor (with the run's settings), identity -> the proof on
+image+text samples -> LICENSE, NOTICE, model card, export_report.json, SHA256SUMS -> one
+rename into place. When the proof (or anything after the gate) fails, the temporary folder
+is removed, nothing appears at the target, and `TARGET.export_report.json` beside it says why.
 
-    OUT/merged/              the merged model (loads like the base)
-    OUT/adapter/             a copy of the run's adapter
-    OUT/export_report.json   paths, dtype and the verification figures
+`export_adapter`: licence gate -> a clean PEFT adapter (keys in the module-tree layout the
+installed transformers loads) or a vLLM-ready one (`vllm.for_vllm`: mended with one line
+per change, or refused) -> processor, licence files, card, `vllm_serve.sh`, report, sums.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
-from dataclasses import asdict
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-import torch
-
-from ..data.collate import VisionCollator
-from ..data.dataset import load_samples
 from ..errors import UserError
+from ..models.detect import IDENTITY_FILE, detect
+from ..models.license import LicenseReport
 from ..models.loading import load_processor
-from ..paths import write_json_atomic
-from ..run_folder import RunFolder
-from .merge import merge_adapter, reply_positions, verify_merge
+from ..models.registry import ModelFamily, get_family
+from ..paths import atomic_dir, write_json_atomic, write_text_atomic
+from .adapter import WEIGHTS, Adapter
+from .card import evaluation_section, front_matter, model_card, proof_section, training_section
+from .license_gate import gate
+from .merge import base_shards, output_bytes, plan_merge, stream_merge
+from .names import NameIndex
+from .package import copy_license, sha256sums, write_notice
+from .proof import peak_rss_mb, prove
+from .sources import Sources, dataset_names, proof_batch
+from .vllm import for_vllm, serve_command
+
+REPORT = "export_report.json"
+DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32",
+               "bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+COPIED_FILES = ("config.json", "generation_config.json")
 
 
-def verification_batch(run: RunFolder, data: str | Path | None = None, samples: int = 4) -> dict:
-    """A collated batch (with labels) from the run's training data, or from `data`."""
-    processor = load_processor(run.model_dir(), **run.processor_settings())
-    ds = load_samples(data or run.dataset()["train"])
-    return VisionCollator(processor)([ds[i] for i in range(min(samples, len(ds)))])
+@dataclass
+class MergeRequest:
+    out: str | Path
+    run: str | Path | None = None
+    base: str | Path | None = None
+    adapter: str | Path | None = None
+    data: str | Path | None = None            # samples for the proof (default: the run's training data)
+    dtype: str = "bfloat16"
+    accept_license: str | None = None
+    force: bool = False
+    samples: int = 4
+    qlora: bool = False                       # --base/--adapter: the adapter was trained on a 4-bit (nf4) base
+    evaluation: dict | None = None            # results to show on the model card
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "bfloat16",
-               verify_data: str | Path | None = None, verify_samples: int = 4) -> dict:
-    run = RunFolder(run_dir)
-    if not (run.adapter / "adapter_config.json").is_file():
-        raise UserError("no adapter/adapter_config.json in this run folder", path=str(run.path))
-    base_dir = str(run.model_dir())
-    batch = verification_batch(run, verify_data, verify_samples)
-    replies = reply_positions(batch.pop("labels"))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        merged_dir = merge_adapter(base_dir, str(run.adapter), out_dir / "merged", dtype=dtype)
-        adapter_copy = out_dir / "adapter"
-        if adapter_copy.exists():
-            shutil.rmtree(adapter_copy)
-        shutil.copytree(run.adapter, adapter_copy)
-        check = verify_merge(base_dir, str(run.adapter), str(merged_dir), batch, replies)
-    report = {"run": str(run.path), "base": base_dir, "merged": str(merged_dir), "adapter": str(adapter_copy),
-              "dtype": dtype, "verification": asdict(check)}
-    write_json_atomic(out_dir / "export_report.json", report)
-    if not check.passed:
-        raise RuntimeError(f"merged model disagrees with base + adapter: {asdict(check)}")
+@dataclass
+class AdapterRequest:
+    out: str | Path
+    target: Literal["peft", "vllm"] = "peft"
+    run: str | Path | None = None
+    base: str | Path | None = None
+    adapter: str | Path | None = None
+    max_lora_rank: int | None = None
+    tower_lora: bool = False
+    accept_license: str | None = None
+    force: bool = False
+    evaluation: dict | None = None
+
+
+class ExportFailed(UserError):
+    """An export that failed after the licence gate; its report lies beside the target."""
+
+
+def failure_report_path(out: Path) -> Path:
+    return out.with_name(f"{out.name}.{REPORT}")
+
+
+def _check_target(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise UserError("the target exists; pass --force to replace it (it is only replaced once the new "
+                        "export is complete and checked)", path=str(out))
+    if out.exists() and not out.is_dir():
+        raise UserError("the target exists and is not a folder", path=str(out))
+
+
+def _check_disk(out: Path, needed: int) -> None:
+    parent = out.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(parent).free
+    margin = needed // 50 + (64 << 20)
+    if free < needed + margin:
+        raise UserError(f"not enough free disk space: the export needs about {(needed + margin) / 2**30:.2f} GiB, "
+                        f"{free / 2**30:.2f} GiB are free", path=str(parent))
+
+
+def _family(base: Path) -> ModelFamily:
+    return get_family(detect(base).family)
+
+
+def _base_name(base: Path) -> str:
+    return detect(base).checkpoint or base.resolve().name
+
+
+def _write_processor(src: Sources, out: Path) -> None:
+    load_processor(src.base, **src.processor_settings).save_pretrained(str(out))
+
+
+def _identity(src: Sources, out: Path, relation: str) -> None:
+    """Carry the base's qvq-tune identity (family, reasoning style, system prompt), marked as derived."""
+    path = src.base / IDENTITY_FILE
+    if path.is_file():
+        identity = json.loads(path.read_text(encoding="utf-8"))
+        identity.update(base_checkpoint=identity.get("checkpoint"), relation=relation)
+        write_json_atomic(out / IDENTITY_FILE, identity)
+
+
+def _config(src: Sources, out: Path, dtype: str) -> None:
+    for name in COPIED_FILES:
+        if (src.base / name).is_file():
+            shutil.copy2(src.base / name, out / name)
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    if "quantization_config" in config:
+        raise UserError("the base checkpoint is quantised (quantization_config in config.json); merge into the "
+                        "original full-precision weights", path=str(src.base / "config.json"))
+    for node in (config, config.get("text_config") or {}, config.get("vision_config") or {}):
+        for key in ("dtype", "torch_dtype"):
+            if key in node:
+                node[key] = dtype
+    write_json_atomic(out / "config.json", config)
+
+
+def _package(src: Sources, tmp: Path, title: str, licence: LicenseReport, accepted: str | None, *,
+             relation: str, library: str, tags: list[str], changed: str, sections: list[str]) -> None:
+    copy_license(src.base, tmp, licence)
+    write_notice(src.base, tmp, licence, changed)
+    meta = front_matter(licence, base_model=_base_name(src.base), relation=relation, library=library, tags=tags,
+                        datasets=dataset_names(src), has_license_file=bool(licence.license_files))
+    write_text_atomic(tmp / "README.md", model_card(meta, title, licence, accepted, sections))
+
+
+def _fail(out: Path, report: dict, message: str):
+    message = " ".join(message.split())          # one line, whatever the cause printed
+    write_json_atomic(failure_report_path(out), {**report, "passed": False, "error": message})
+    raise ExportFailed(f"{message}; nothing was written to {out}; see {failure_report_path(out)}")
+
+
+def export_merge(req: MergeRequest) -> dict:
+    out = Path(req.out).absolute()
+    dtype = DTYPE_NAMES.get(req.dtype)
+    if dtype is None:
+        raise UserError(f"--dtype must be one of bf16, fp16, fp32 (got {req.dtype!r})", key="dtype")
+    src = Sources.resolve(req.run, req.base, req.adapter, req.data, req.qlora)
+    licence = gate(src.base, req.accept_license)
+    family = _family(src.base)
+    adapter = Adapter.load(src.adapter_dir)
+    shards = base_shards(src.base)
+    plan = plan_merge(adapter, shards, family.weight_prefix_aliases)
+    _check_target(out, req.force)
+    _check_disk(out, output_bytes(src.base, shards, dtype))
+    report = {"kind": "merge", "out": str(out), "base": str(src.base), "adapter": str(src.adapter_dir),
+              "run": str(src.run) if src.run else None, "dtype": dtype, "license": licence.to_dict(),
+              "accepted_license": req.accept_license}
+    try:
+        batch = proof_batch(src, req.samples)
+        with atomic_dir(out) as tmp:
+            report["merge"] = stream_merge(src.base, shards, plan, tmp, dtype)
+            report["merge"]["peak_rss_mb"] = peak_rss_mb()
+            _config(src, tmp, dtype)
+            _write_processor(src, tmp)
+            _identity(src, tmp, "merge")
+            proof = prove(src.base, adapter, tmp, batch, dtype, quantized=src.quantized)
+            report["proof"] = proof.to_dict()
+            if not proof.passed:
+                raise _ProofFailed("; ".join(proof.reasons))
+            sections = [training_section(src.method, adapter, src.train_report), evaluation_section(req.evaluation),
+                        proof_section(report["proof"])]
+            _package(src, tmp, out.name, licence, req.accept_license, relation="merge", library="transformers",
+                     tags=["qvq-tune", family.name, src.method or "lora", "merged", "multimodal"],
+                     changed=f"the weights ({', '.join(s.file for s in shards)}): a LoRA adapter merged in",
+                     sections=[s for s in sections if s])
+            report["passed"] = True
+            write_json_atomic(tmp / REPORT, report)
+            sha256sums(tmp)
+    except _ProofFailed as exc:
+        _fail(out, report, f"the merged model failed its check against base + adapter: {exc}")
+    except UserError as exc:
+        _fail(out, report, str(exc))
+    except Exception as exc:   # a bug or a library error: one line here, the traceback in the report
+        report["traceback"] = traceback.format_exc()
+        _fail(out, report, f"export failed: {type(exc).__name__}: {exc}")
+    failure_report_path(out).unlink(missing_ok=True)
     return report
+
+
+class _ProofFailed(Exception):
+    pass
+
+
+def export_adapter(req: AdapterRequest) -> dict:
+    out = Path(req.out).absolute()
+    if req.target not in ("peft", "vllm"):
+        raise UserError("--target must be peft or vllm", key="target")
+    src = Sources.resolve(req.run, req.base, req.adapter)
+    licence = gate(src.base, req.accept_license)
+    family = _family(src.base)
+    adapter = Adapter.load(src.adapter_dir)
+    modules = NameIndex(_module_names(src.base), family.weight_prefix_aliases)
+    report = {"kind": "adapter", "target": req.target, "out": str(out), "base": str(src.base),
+              "adapter": str(src.adapter_dir), "run": str(src.run) if src.run else None,
+              "license": licence.to_dict(), "accepted_license": req.accept_license}
+    if req.target == "vllm":
+        served = for_vllm(adapter, family, modules, max_lora_rank=req.max_lora_rank, tower_lora=req.tower_lora)
+        tensors, config, changes = served.tensors, served.config, served.changes
+        command = serve_command(str(src.base), out.name, str(out), served, src.processor_settings)
+        report.update(max_lora_rank=served.max_lora_rank, vllm_serve=command)
+    else:
+        tensors, config, changes = _peft_adapter(adapter, modules)
+        command = None
+    report["changes"] = changes
+    _check_target(out, req.force)
+    _check_disk(out, sum(t.numel() * t.element_size() for t in tensors.values()))
+    from safetensors.torch import save_file
+    with atomic_dir(out) as tmp:
+        config = {**config, "base_model_name_or_path": _base_name(src.base)}
+        write_json_atomic(tmp / "adapter_config.json", config)
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        if command is None:      # PEFT users load the processor from here; vLLM uses the base's
+            _write_processor(src, tmp)
+        else:
+            write_text_atomic(tmp / "vllm_serve.sh", f"#!/bin/sh\n{command}\n")
+        sections = [training_section(src.method, adapter, src.train_report), evaluation_section(req.evaluation),
+                    "## Changes for serving\n\n" + ("\n".join(f"- {c}" for c in changes) or "none")]
+        if command:
+            sections.append(f"## Serving with vLLM\n\n```\n{command}\n```")
+        _package(src, tmp, out.name, licence, req.accept_license, relation="adapter", library="peft",
+                 tags=["qvq-tune", family.name, src.method or "lora", "lora", req.target, "multimodal"],
+                 changed="none of the base's files (this folder holds a LoRA adapter for it)",
+                 sections=[s for s in sections if s])
+        report["passed"] = True
+        write_json_atomic(tmp / REPORT, report)
+        sha256sums(tmp)
+    return report
+
+
+def _peft_adapter(adapter: Adapter, modules: NameIndex) -> tuple[dict, dict, list[str]]:
+    """The adapter with keys in the module tree transformers builds today (PEFT skips keys
+    saved under another layout), and a config that names its modules exactly."""
+    mapping = adapter.module_map(modules)
+    renamed = sum(module != path for module, path in mapping.items())
+    changes = [f"renamed {renamed} adapter modules to the module tree of the installed transformers "
+               "(model.language_model.* / model.visual.*)"] if renamed else []
+    config = {**adapter.config, "inference_mode": True}
+    if renamed:
+        config["target_modules"] = sorted(mapping.values())
+    return adapter.renamed_tensors(modules), config, changes
+
+
+def _module_names(base: Path) -> list[str]:
+    """The module tree of the base's architecture, built on the meta device (no weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+    config = AutoConfig.from_pretrained(str(base))
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    return [name for name, _ in model.named_modules()]

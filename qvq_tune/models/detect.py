@@ -1,17 +1,19 @@
 """Identify a local checkpoint folder: which family, which known checkpoint, which licence.
 
 Only files in the folder are read (`config.json`, and when present `qvq_tune.json` written
-by the tiny zoo, the model card's front matter and the chat template); nothing is loaded.
+by the tiny zoo, the LICENSE text, the model card's front matter and the chat template);
+nothing is loaded. The licence is `license.classify`'s verdict (text first, card second),
+else the licence of the known checkpoint the folder is.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from .license import classify, front_matter
 from .registry import CHECKPOINTS, QVQ_SYSTEM_PROMPT, ModelFamily, family_for_model_type, supported_names
 
 IDENTITY_FILE = "qvq_tune.json"
@@ -25,7 +27,7 @@ class Detected:
     architectures: list[str]
     model_class: str
     checkpoint: str | None        # a known repo id, or a zoo name, or None
-    license: str                  # apache-2.0 | qwen | qwen-research | unknown
+    license: str                  # apache-2.0 | qwen | qwen-research | tongyi-qianwen | unknown
     reasoning_style: str
     system_prompt: str | None
     is_tiny: bool
@@ -67,32 +69,12 @@ def family_of_config(cfg: dict, where: str) -> ModelFamily:
     return fam
 
 
-def _front_matter(model_dir: Path) -> dict[str, str]:
-    card = model_dir / "README.md"
-    if not card.is_file():
-        return {}
-    text = card.read_text(encoding="utf-8", errors="replace")
-    m = re.match(r"^---\n(.*?)\n---", text, re.S)
-    if not m:
-        return {}
-    out = {}
-    for line in m.group(1).splitlines():
-        if ":" in line and not line.startswith(" "):
-            k, v = line.split(":", 1)
-            out[k.strip()] = v.strip().strip("'\"")
-    return out
-
-
 def _template_text(model_dir: Path) -> str:
     for name in ("chat_template.jinja", "chat_template.json", "tokenizer_config.json"):
         p = model_dir / name
         if p.is_file():
             return p.read_text(encoding="utf-8", errors="replace")
     return ""
-
-
-_LICENSE_ALIASES = {"apache-2.0": "apache-2.0", "qwen": "qwen", "tongyi-qianwen": "qwen",
-                    "qwen-research": "qwen-research", "tongyi-qianwen-research": "qwen-research"}
 
 
 def detect(model_dir: str | Path) -> Detected:
@@ -105,8 +87,11 @@ def detect(model_dir: str | Path) -> Detected:
             identity = json.loads((model_dir / IDENTITY_FILE).read_text())
         except json.JSONDecodeError:
             raise UserError("not valid JSON", path=str(model_dir / IDENTITY_FILE)) from None
-    meta = _front_matter(model_dir)
-    name = identity.get("checkpoint") or meta.get("base_model") or cfg.get("_name_or_path") or None
+    meta = front_matter(model_dir)
+    base_model = meta.get("base_model")
+    if isinstance(base_model, list):
+        base_model = base_model[0] if base_model else None
+    name = identity.get("checkpoint") or base_model or cfg.get("_name_or_path") or None
     known = CHECKPOINTS.get(name) if name else None
     if known is None and name:  # a local path like /models/QVQ-72B-Preview
         tail = Path(str(name)).name.lower()
@@ -114,8 +99,9 @@ def detect(model_dir: str | Path) -> Detected:
     if known is None:
         tail = model_dir.resolve().name.lower()
         known = next((c for c in CHECKPOINTS.values() if c.repo_id.split("/")[1].lower() == tail), None)
-    license_id = identity.get("license") or _LICENSE_ALIASES.get(meta.get("license", "").lower()) \
-        or (known.license if known else "unknown")
+    verdict = classify(model_dir)     # the LICENSE text, then the card; else what is known of the checkpoint
+    license_id = verdict.license if verdict.source != "none" else (
+        identity.get("license") or (known.license if known else "unknown"))
     if identity.get("reasoning_style"):
         style = identity["reasoning_style"]
     elif known:

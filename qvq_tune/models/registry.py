@@ -20,11 +20,11 @@ from importlib import resources
 from typing import Callable, Literal, get_args
 
 from ..errors import UserError
+from .license import LicenseId
 from .tiny_shapes import TinySpec, qwen2_5_vl_vision_config, qwen2_vl_vision_config, qwen3_vl_vision_config
 
 ReasoningStyle = Literal["qvq", "think", "answer-only"]
 REASONING_STYLES: tuple[str, ...] = get_args(ReasoningStyle)
-LicenseId = Literal["apache-2.0", "qwen", "qwen-research"]
 
 # The reasoning markers of Qwen's thinking models. Qwen3-VL has them as added tokens;
 # for Qwen2-VL / Qwen2.5-VL (and QVQ, whose traces are free-form) they are plain text.
@@ -51,6 +51,17 @@ QWEN_SYSTEM_PROMPT = "You are a helpful assistant."
 DENSE_LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # MoE layers keep their experts as fused 3-D parameters (not nn.Linear): attention only.
 MOE_LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+# The prefixes one weight is found under across transformers versions, as (module tree, older
+# layout) pairs: transformers >= 4.52 nests the decoder as `model.language_model.*` and the
+# tower as `model.visual.*`, while checkpoints saved before (and the tiny qwen2_vl /
+# qwen2_5_vl saved by transformers 5, which converts back on save) use `model.*` and
+# `visual.*`; LLaVA-style exports use `language_model.*`. Adapter keys follow whichever
+# module tree trained them. Export matches names through these in both directions.
+WEIGHT_PREFIX_ALIASES: tuple[tuple[str, str], ...] = (
+    ("model.language_model.", "model."), ("model.language_model.", "language_model.model."),
+    ("model.language_model.", "language_model."), ("model.visual.", "visual."),
+    ("lm_head.", "language_model.lm_head."))
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,7 @@ class ModelFamily:
     think_tokens: tuple[str, str] = THINK_TOKENS
     is_moe: bool = False
     liger_patch: str | None = None          # liger_kernel.transformers function patching this family
+    weight_prefix_aliases: tuple[tuple[str, str], ...] = WEIGHT_PREFIX_ALIASES
 
     @property
     def pixel_factor(self) -> int:

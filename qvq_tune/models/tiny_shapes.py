@@ -34,6 +34,7 @@ class TinySpec:
     moe_intermediate: int = 128
     chat_template: str | None = None                 # default: the family's
     system_prompt: str | None = None                 # identity only; the template decides
+    license: str = "apache-2.0"                      # the LICENSE the zoo writes (a text in presets/licenses/)
 
 
 def qwen2_vl_vision_config(s: TinySpec, fam) -> dict:

@@ -53,7 +53,9 @@ class BaseRecipe:
     clip: float = 1.0
     seed: int = 0
     eval_per_kind: int = 150
-    spec: TinySpec = field(default_factory=lambda: TinySpec(chat_template=QVQ_TEMPLATE))
+    # QVQ's chat template and, like QVQ-72B-Preview, the Qwen LICENSE AGREEMENT: exporting a
+    # fine-tune of the tiny base goes through the licence gate as exporting QVQ's does.
+    spec: TinySpec = field(default_factory=lambda: TinySpec(chat_template=QVQ_TEMPLATE, license="qwen"))
 
     def fingerprint(self) -> str:
         """Hash of everything the base depends on: this recipe, the tokenizer corpus, the

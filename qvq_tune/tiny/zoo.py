@@ -2,7 +2,8 @@
 
 `build_tiny(family, out)` writes a standard Hugging Face folder (config, safetensors
 weights, tokenizer with the real Qwen added tokens and the family's chat template,
-image and video processor configs, generation config) that `AutoProcessor` and
+image and video processor configs, generation config, and a LICENSE of the zoo's choosing:
+Apache-2.0 unless the spec names another) that `AutoProcessor` and
 `AutoModelForImageTextToText` load. Weights are random (seeded); `tiny/pretrain.py`
 pre-trains the qwen2_vl one into the embedded default that can see. Every family-specific
 value (classes, added tokens, vision layout, markers) comes from the family record.
@@ -15,10 +16,11 @@ from pathlib import Path
 
 import torch
 
+from .. import presets
 from ..models.detect import IDENTITY_FILE
 from ..models.registry import QVQ_SYSTEM_PROMPT, ModelFamily, chat_template_text, get_family
 from ..models.tiny_shapes import TinySpec
-from ..paths import atomic_dir, write_json_atomic
+from ..paths import atomic_dir, write_json_atomic, write_text_atomic
 
 QVQ_TEMPLATE = "qvq.jinja"
 
@@ -93,9 +95,10 @@ def build_tiny(family: str, out: str | Path, *, spec: TinySpec | None = None, se
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        write_text_atomic(tmp / "LICENSE", presets.license_text(spec.license))
         write_json_atomic(tmp / IDENTITY_FILE, {
             "checkpoint": checkpoint or name or f"qvq-tune/tiny-{fam.name}", "tiny": True,
-            "family": fam.name, "license": "apache-2.0",
+            "family": fam.name, "license": spec.license,
             "reasoning_style": "qvq" if qvq else fam.reasoning_style,
             "system_prompt": spec.system_prompt if spec.system_prompt is not None else (
                 QVQ_SYSTEM_PROMPT if qvq else fam.default_system_prompt),

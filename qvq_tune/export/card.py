@@ -1,0 +1,90 @@
+"""The model card (`README.md`) of an export: Hub front matter, licence banners, and its sections.
+
+Front matter: `license` / `license_name` / `license_link`, `base_model`,
+`base_model_relation` (merge | adapter), `library_name`, `pipeline_tag`, tags, datasets.
+The body says "Built with Qwen" where the licence requires it, carries a non-commercial
+banner under the research licence, the licence's conditions and the acceptance, then the
+training summary, the evaluation results when known and the merge proof.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import yaml
+
+from ..models.license import LicenseReport
+from .adapter import Adapter
+
+
+def front_matter(report: LicenseReport, *, base_model: str, relation: str, library: str, tags: list[str],
+                 datasets: list[str], has_license_file: bool) -> dict:
+    terms = report.terms
+    meta: dict = {"license": terms.hub_license}
+    if terms.hub_license == "other":
+        meta["license_name"] = terms.hub_license_name or report.license
+    if has_license_file:
+        meta["license_link"] = "LICENSE"
+    elif report.card.get("license_link"):
+        meta["license_link"] = report.card["license_link"]
+    meta.update(base_model=base_model, base_model_relation=relation, library_name=library,
+                pipeline_tag="image-text-to-text", tags=tags)
+    if datasets:
+        meta["datasets"] = datasets
+    return meta
+
+
+def model_card(meta: dict, title: str, report: LicenseReport, accepted: str | None, sections: list[str]) -> str:
+    terms = report.terms
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(), "---", "", f"# {title}", ""]
+    if terms.attribution:
+        lines += [f"**{terms.attribution}.**", ""]
+    if terms.banner:
+        lines += [f"> {terms.banner}", ""]
+    source = {"text": "the LICENSE text", "card": "the model card"}.get(report.source, "nothing: no LICENSE, no card")
+    lines += ["## Licence", "", f"Base model licence: **{terms.name}** (`{report.license}`), recognised from {source}."]
+    if accepted:
+        lines += [f"Accepted for this export with `--accept-license {accepted}` on {date.today().isoformat()}."]
+    if report.disagreement:
+        lines += ["", f"Note: {report.disagreement}."]
+    lines += ["", "Conditions:", ""] + [f"- {c}" for c in terms.conditions] + [""]
+    for section in sections:
+        lines += [section.rstrip(), ""]
+    return "\n".join(lines)
+
+
+def training_section(method: str | None, adapter: Adapter, train_report: dict | None) -> str:
+    rows = [("method", method or "LoRA"), ("rank / alpha", f"{adapter.rank} / {adapter.config.get('lora_alpha')}"),
+            ("adapted modules", str(len(adapter.pairs)))]
+    r = train_report or {}
+    for key in ("steps", "samples", "world_size", "trainable_parameters"):
+        if r.get(key) is not None:
+            rows.append((key.replace("_", " "), str(r[key])))
+    if r.get("train_loss_first") is not None:
+        rows.append(("train loss first -> last", f"{r['train_loss_first']:.4g} -> {r['train_loss_last']:.4g}"))
+    return "## Training\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def evaluation_section(evaluation: dict | None) -> str | None:
+    if not evaluation:
+        return None
+    return "## Evaluation\n\n| | |\n|---|---|\n" + "\n".join(
+        f"| {k} | {v:.1%} |" if isinstance(v, float) and 0 <= v <= 1 else f"| {k} | {v} |"
+        for k, v in evaluation.items())
+
+
+def proof_section(proof: dict) -> str:
+    p = proof["vs_base_plus_adapter"]
+    lines = ["## Merge proof", "",
+             f"Logits of this folder, reloaded, against the base + adapter unmerged (PEFT, fp32) on "
+             f"{proof['samples']} image+text samples: max |diff| {p['max_abs_logit_diff']:.4g}, mean "
+             f"{p['mean_abs_logit_diff']:.3g}, reply-token agreement {p['reply_top1_agreement']:.1%} "
+             f"(adapter effect: mean |diff| {proof['adapter_effect']:.3g})."]
+    q = proof.get("vs_4bit_base_plus_adapter")
+    if q:
+        lines += ["", f"Against the 4-bit base + adapter the QLoRA run trained and was evaluated with: reply-token "
+                  f"agreement {q['reply_top1_agreement']:.1%}, mean |diff| {q['mean_abs_logit_diff']:.3g}. A QLoRA "
+                  "adapter learns on 4-bit-rounded weights and partly compensates that rounding; merged into the "
+                  "original weights it no longer meets it, so this model can score lower than the QLoRA model as "
+                  "evaluated. Serve the adapter on the 4-bit base to keep that behaviour."]
+    return "\n".join(lines)

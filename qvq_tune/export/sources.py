@@ -1,0 +1,85 @@
+"""Where an export reads from: a run folder, or a base and an adapter given directly.
+
+A run folder says everything: the base checkpoint, the adapter, the dataset and the
+processor settings it was built with, the method (and the 4-bit settings of a QLoRA run),
+the training report. Given `--base/--adapter`, the proof's samples come from `--data`, or
+from a few synthetic caption questions built with the base's processor.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from ..models.loading import load_processor
+from ..run_folder import TRAIN_REPORT, RunFolder
+
+QLORA_DEFAULTS = {"quant_type": "nf4", "double_quant": True, "dtype": "float32"}   # the recipes' defaults
+
+
+@dataclass
+class Sources:
+    """Where an export reads from: a run folder, or a base and an adapter given directly."""
+    base: Path
+    adapter_dir: Path
+    data: Path | None = None                  # the proof's samples
+    processor_settings: dict = field(default_factory=dict)
+    method: str | None = None                 # qlora | lora | full, when a run says
+    quantized: dict | None = None             # the 4-bit settings a QLoRA run trained with
+    train_report: dict | None = None
+    run: Path | None = None
+    train_data: Path | None = None            # what the adapter was trained on (a run says)
+
+    @classmethod
+    def resolve(cls, run: str | Path | None = None, base: str | Path | None = None,
+                adapter: str | Path | None = None, data: str | Path | None = None,
+                qlora: bool = False) -> Sources:
+        if run is None:
+            if base is None or adapter is None:
+                raise UserError("give --run RUN, or both --base DIR and --adapter DIR")
+            return cls(Path(base), Path(adapter), Path(data) if data else None,
+                       method="qlora" if qlora else None, quantized=dict(QLORA_DEFAULTS) if qlora else None)
+        if base is not None or adapter is not None:
+            raise UserError("give either --run or --base/--adapter, not both")
+        folder = RunFolder(run)
+        recipe = folder.recipe()
+        method = recipe.get("method")
+        quantized = None
+        if method == "qlora":
+            quant = recipe.get("quant") or {}
+            quantized = {"quant_type": quant.get("type", "nf4"), "double_quant": quant.get("double_quant", True),
+                         "dtype": recipe.get("dtype", "float32")}
+        report = folder.train_report() if folder.file(TRAIN_REPORT).is_file() else None
+        train_data = Path(folder.dataset()["train"])
+        return cls(folder.model_dir(), folder.adapter, Path(data) if data else train_data,
+                   folder.processor_settings(), method, quantized, report, folder.path, train_data)
+
+
+def proof_batch(src: Sources, samples: int) -> dict:
+    """A collated batch with labels: image+text samples from the given data, else a few
+    synthetic caption questions built with the base's processor."""
+    from ..data.collate import VisionCollator
+    from ..data.dataset import load_samples
+    processor = load_processor(src.base, **src.processor_settings)
+    if src.data is not None:
+        ds = load_samples(src.data)
+        picked = [i for i in range(len(ds)) if ds[i].get("images")][:samples] or list(range(min(samples, len(ds))))
+        return VisionCollator(processor)([ds[i] for i in picked])
+    from ..data.build import BuildConfig, build
+    from ..synth.captions import write_captions
+    with tempfile.TemporaryDirectory(prefix="qvq-tune-proof-") as work:
+        questions = write_captions(Path(work) / "q", samples, "export-proof")
+        build(BuildConfig(input=str(questions), model=str(src.base), out=str(Path(work) / "built"),
+                          reasoning="answer-only", reuse=False, workers=1, **src.processor_settings))
+        ds = load_samples(Path(work) / "built")
+        return VisionCollator(processor)([ds[i] for i in range(len(ds))])
+
+
+def dataset_names(src: Sources) -> list[str]:
+    """The training data's source file, for the card's `datasets` (a run only)."""
+    from ..data.dataset import build_report
+    report = build_report(src.train_data) if src.train_data else None
+    source = (report or {}).get("settings", {}).get("input")
+    return [Path(source).name] if source else []

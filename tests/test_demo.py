@@ -33,9 +33,15 @@ def test_tiny_base_reads_images(tiny_base, tmp_path):
 @pytest.mark.slow
 def test_short_demo_end_to_end(tmp_path, tiny_base):
     from qvq_tune.demo import DemoConfig, run_demo
+    # Clean traces here (the full demo's 30% defective ones slow learning past what 150 steps
+    # reach), and a DPO stage of a few steps: the stage runs end to end, its effect is the
+    # full demo's to show.
     report = run_demo(DemoConfig(out=str(tmp_path / "demo"), train_size=320, test_size=48, steps=150,
-                                 per_device_batch_size=8, max_new_tokens=48))
-    assert report["world_size"] == 2 and report["train_steps"] == 150
+                                 per_device_batch_size=8, max_new_tokens=48, defect_rate=0.0, dpo_steps=10,
+                                 defect_samples=2))
+    assert report["world_size"] == 2 and report["train_steps"] == 150 and report["dpo_steps"] == 10
+    assert report["exported_run"] == "dpo" and report["dpo_pairs"] > 0
+    assert 0 <= report["sft_defect_rate"] <= 1 and 0 <= report["dpo_defect_rate"] <= 1
     assert report["train_loss_last"] < 0.25 * report["train_loss_first"]
     assert report["zero3_partition"]["local_numel"] < report["zero3_partition"]["full_numel"]
     assert report["merge_check"]["passed"] and report["merge_check"]["adapter_effect"] > 0

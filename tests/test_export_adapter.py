@@ -26,7 +26,7 @@ def make_adapter(base_dir, out, *, vision: bool = False, family: str = "qwen2_vl
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_pretrained(str(base_dir), dtype=torch.float32)
     config = LoraConfig(**{"r": 16, "lora_alpha": 32, "init_lora_weights": False,
-                           "target_modules": get_family(family).lora_target_regex(vision), **lora})
+                           "target_modules": get_family(family).lora_target_regex(vision=vision, merger=vision), **lora})
     get_peft_model(model, config).save_pretrained(str(out))
     return out
 

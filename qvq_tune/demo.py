@@ -40,7 +40,7 @@ class DemoConfig:
     max_new_tokens: int = 64
     defect_rate: float = field(default=0.3, metadata={
         "help": "share of SFT traces with a loop or language mixing (same answer)"})
-    dpo_steps: int = field(default=150, metadata={"help": "DPO steps (0: no DPO stage)"})
+    dpo_steps: int = field(default=100, metadata={"help": "DPO steps (0: no DPO stage)"})
     defect_samples: int = field(default=4, metadata={
         "help": "sampled replies per test prompt when counting defects"})
     # The tiny base carries the Qwen LICENSE AGREEMENT, as QVQ-72B-Preview does: the demo

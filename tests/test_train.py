@@ -8,21 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from qvq_tune.train.config import recipe_from_dict
+from .conftest import make_recipe
 
 
 def _recipe(tmp_path, model, data, **over):
-    base = {"name": "t", "model": str(model), "method": "qlora", "output_dir": str(tmp_path),
-            "data": {"train": str(data)},
-            "optim": {"max_steps": 6, "per_device_batch_size": 8, "lr": 0.005, "warmup_steps": 1,
-                      "logging_steps": 1}}
-    for key, value in over.items():
-        node = base
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return recipe_from_dict(base)
+    return make_recipe(tmp_path, model, data, steps=6, batch=8, **over)
 
 
 @pytest.mark.parametrize("method", ["qlora", "lora"])

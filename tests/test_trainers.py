@@ -17,21 +17,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from qvq_tune.train.config import recipe_from_dict
+from .conftest import make_recipe
 
 
-def _recipe(tmp_path, model, data, **over):
-    base = {"name": "t", "model": str(model), "method": "qlora", "output_dir": str(tmp_path),
-            "data": {"train": str(data)},
-            "optim": {"max_steps": 4, "per_device_batch_size": 4, "lr": 0.005, "warmup_steps": 1,
-                      "logging_steps": 1}}
-    for key, value in over.items():
-        node = base
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return recipe_from_dict(base)
 
 
 def _losses(run_dir, key="loss"):
@@ -56,7 +44,7 @@ def sft_run(tmp_path_factory, tiny_model, built_train):
     """A short QLoRA SFT run to start DPO from."""
     from qvq_tune.train.run import train
     root = tmp_path_factory.mktemp("sft_start")
-    recipe = _recipe(root, tiny_model("qwen2_vl"), built_train["train"], name="sft",
+    recipe = make_recipe(root, tiny_model("qwen2_vl"), built_train["train"], name="sft",
                      **{"optim.max_steps": 6, "optim.per_device_batch_size": 8})
     train(recipe, in_process=True)
     return recipe.run_dir
@@ -66,7 +54,7 @@ def sft_run(tmp_path_factory, tiny_model, built_train):
 def test_dpo_starts_at_ln2_from_the_sft_adapter_and_pushes_the_margin_up(tmp_path, tiny_model, preference, sft_run):
     """The reference is the starting policy (the SFT adapter, frozen), so the first loss is ln 2."""
     from qvq_tune.train.run import train
-    recipe = _recipe(tmp_path, tiny_model("qwen2_vl"), preference, objective="dpo",
+    recipe = make_recipe(tmp_path, tiny_model("qwen2_vl"), preference, objective="dpo",
                      **{"dpo.start_adapter": str(sft_run), "optim.max_steps": 8, "optim.lr": 0.002})
     report = train(recipe, in_process=True)
     assert report["objective"] == "dpo" and report["steps"] == 8
@@ -83,7 +71,7 @@ def test_dpo_qlora_zero3_across_two_processes(tmp_path, tiny_model, preference, 
 
     from qvq_tune.models.loading import load_model
     from qvq_tune.train.run import train
-    recipe = _recipe(tmp_path, tiny_model("qwen2_vl"), preference, objective="dpo", name="dpo3",
+    recipe = make_recipe(tmp_path, tiny_model("qwen2_vl"), preference, objective="dpo", name="dpo3",
                      **{"dpo.start_adapter": str(sft_run / "adapter"), "optim.max_steps": 8, "optim.lr": 0.002,
                         "launch.accelerate_config": "zero3_shard_all", "launch.num_processes": 2})
     report = train(recipe)
@@ -180,7 +168,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_with_the_same_losses(tmp_path, 
     from qvq_tune.train.run import train
 
     def recipe(name):
-        return _recipe(tmp_path, tiny_model("qwen2_vl"), built_train["train"], name=name,
+        return make_recipe(tmp_path, tiny_model("qwen2_vl"), built_train["train"], name=name,
                        **{"lora.dropout": 0.1, "optim.max_steps": 8, "optim.save_steps": 3,
                           "launch.accelerate_config": "zero3_shard_all", "launch.num_processes": 2})
     train(recipe("whole"))
@@ -215,7 +203,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_with_the_same_losses(tmp_path, 
 def test_checkpoints_without_a_completion_marker_are_not_resumed(tmp_path, tiny_model, built_train):
     from qvq_tune.errors import UserError
     from qvq_tune.train.run import train
-    recipe = _recipe(tmp_path, tiny_model("qwen2_vl"), built_train["train"], method="lora",
+    recipe = make_recipe(tmp_path, tiny_model("qwen2_vl"), built_train["train"], method="lora",
                      **{"optim.max_steps": 4, "optim.save_steps": 2})
     train(recipe, in_process=True)
     run = recipe.run_dir
@@ -235,7 +223,7 @@ def test_same_seed_same_loss_at_every_step(tmp_path, tiny_model, built_train):
     from qvq_tune.train.run import train
     runs = {}
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        recipe = _recipe(tmp_path, tiny_model("qwen2_vl"), built_train["train"], name=name,
+        recipe = make_recipe(tmp_path, tiny_model("qwen2_vl"), built_train["train"], name=name,
                          **{"lora.dropout": 0.1, "optim.seed": seed})
         train(recipe, in_process=True)
         runs[name] = _losses(recipe.run_dir)
@@ -249,7 +237,7 @@ def _changed(before: dict, after: dict) -> set[str]:
 
 def test_lora_options_reach_peft(tmp_path, tiny_model, built_train):
     from qvq_tune.train.run import train
-    recipe = _recipe(tmp_path, tiny_model("qwen2_vl"), built_train["train"], method="lora",
+    recipe = make_recipe(tmp_path, tiny_model("qwen2_vl"), built_train["train"], method="lora",
                      **{"lora.targets": ["q_proj", "v_proj"], "lora.vision": True, "lora.merger": False,
                         "lora.rslora": True, "lora.dora": True, "freeze.merger": False,
                         "lora.modules_to_save": ["lm_head"]})
@@ -270,7 +258,7 @@ def test_lora_options_reach_peft(tmp_path, tiny_model, built_train):
 def test_per_part_learning_rates(tmp_path, tiny_model, built_train):
     from qvq_tune.models.registry import get_family
     from qvq_tune.train.model_setup import build_model, optimizer_groups
-    recipe = _recipe(tmp_path, tiny_model("qwen2_vl"), built_train["train"], method="lora",
+    recipe = make_recipe(tmp_path, tiny_model("qwen2_vl"), built_train["train"], method="lora",
                      **{"lora.vision": True, "lora.merger": True, "optim.lr": 1e-3, "optim.vision_lr": 1e-5,
                         "optim.merger_lr": 1e-4, "optim.weight_decay": 0.1})
     fam = get_family("qwen2_vl")
@@ -285,7 +273,7 @@ def test_per_part_learning_rates(tmp_path, tiny_model, built_train):
     assert {fam.part_of(names[i]) for i in by_lr[1e-3]} == {"language_model"}
     trainable = sum(1 for p in model.parameters() if p.requires_grad)
     assert sum(len(g["params"]) for g in groups) == trainable
-    assert optimizer_groups(model, _recipe(tmp_path, recipe.model, built_train["train"]), fam) is None
+    assert optimizer_groups(model, make_recipe(tmp_path, recipe.model, built_train["train"]), fam) is None
 
 
 def test_double_quant_is_wired(tiny_model):
@@ -298,7 +286,7 @@ def test_double_quant_is_wired(tiny_model):
 
 def test_validation_loss_and_best_checkpoint(tmp_path, tiny_model, built_train):
     from qvq_tune.train.run import train
-    recipe = _recipe(tmp_path, tiny_model("qwen2_vl"), built_train["train"], method="lora",
+    recipe = make_recipe(tmp_path, tiny_model("qwen2_vl"), built_train["train"], method="lora",
                      **{"data.eval": str(built_train["test"]), "optim.max_steps": 6, "optim.eval_steps": 2,
                         "optim.save_total_limit": 1})
     report = train(recipe, in_process=True)
@@ -327,7 +315,7 @@ def test_a_build_with_other_pixel_limits_trains_evaluates_and_exports(tmp_path, 
         report = build(BuildConfig(input=str(tmp_path / "raw" / f"{split}.jsonl"), model=str(model),
                                    out=str(tmp_path / split), min_pixels=56 * 56, max_pixels=56 * 56, workers=1))
         assert report["stats"]["sft"]["num_vision_tokens"]["max"] == 4
-    recipe = _recipe(tmp_path, model, tmp_path / "train", method="lora")
+    recipe = make_recipe(tmp_path, model, tmp_path / "train", method="lora")
     train(recipe, in_process=True)
     assert json.loads((recipe.run_dir / "dataset.json").read_text())["processor"] == \
         {"min_pixels": 3136, "max_pixels": 3136}

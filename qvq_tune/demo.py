@@ -181,13 +181,14 @@ def run_demo(cfg: DemoConfig) -> dict:
         del model
         clock.stage("dpo")
 
-    _say("8/9 export: licence gate, streamed merge into bf16 proven against base + adapter, vLLM adapter")
+    _say("8/9 export: licence gate, streamed merge into bf16 (into the 4-bit rounding the QLoRA adapter trained "
+         "on) proven against the 4-bit base + adapter, vLLM adapter")
     final = dpo_eval if dpo else tuned
     evaluation = {"base accuracy": base_eval["accuracy"], "QLoRA accuracy (4-bit base + adapter)": final["accuracy"],
                   "QLoRA accuracy, blank images": tuned["blank_accuracy"], "test samples": tuned["n"]}
     export = export_merge(MergeRequest(out=out / "export" / "merged", run=final_run.path, data=data["test"],
                                        samples=8, accept_license=cfg.accept_license, force=True,
-                                       evaluation=evaluation))
+                                       evaluation=evaluation, base_weights="as-trained"))
     served = export_adapter(AdapterRequest(out=out / "export" / "vllm_adapter", run=final_run.path, target="vllm",
                                            accept_license=cfg.accept_license, force=True, evaluation=evaluation))
     merged = evaluate(load_for_eval(export["out"], None, opts), data["test"], opts, out / "eval" / "merged",

@@ -123,8 +123,8 @@ def trl(work: Path, name: str, model: Path, task: Path, *, steps: int, batch: in
         cmd = [sys.executable, str(HERE / "trl_baseline.py"), *script_args]
     else:
         config = write_resolved_config(preset, processes, work / f"{name}-accelerate.yaml")
-        cmd = accelerate_command("X", [], config)
-        cmd = cmd[:cmd.index("-m")] + [str(HERE / "trl_baseline.py"), *script_args]
+        cmd = accelerate_command("WORKER", [], config)          # [..., "-m", "WORKER"]: a script instead
+        cmd = cmd[:cmd.index("WORKER") - 1] + [str(HERE / "trl_baseline.py"), *script_args]
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // processes)))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
@@ -177,7 +177,7 @@ def planner_check(model: Path, report: dict, batch: int, seq_len: int, method: s
 def cpu(args, work: Path) -> dict:
     from qvq_tune.tiny.zoo import build_tiny
     model = build_tiny("qwen2_vl", work / "tiny-qwen2_vl")
-    steps = 20 if args.quick else 60
+    steps = 20 if args.quick else 200
     results: dict = {"machine": {"cpus": os.cpu_count(), "load": [round(x, 1) for x in os.getloadavg()]}}
 
     say("1/4 dataset build vs a plain per-record processor loop")

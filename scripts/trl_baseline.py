@@ -5,7 +5,7 @@ precision and steps).
 TRL's defaults throughout: `SFTTrainer` with its vision collator on conversational rows
 (`messages` + `images`, rendered and tokenised per batch, loss on every non-pad token),
 LoRA on the seven language-model projections, QLoRA through a `BitsAndBytesConfig` that
-asks to skip the vision tower and merger. Run it alone or under `accelerate launch`;
+keeps the output head, the vision tower and the merger out of 4-bit. Run it alone or under `accelerate launch`;
 rank 0 writes `--out` (JSON: train runtime, tokens, peak memory).
 
     python scripts/trl_baseline.py --data train.jsonl --model DIR --out result.json [--qlora]
@@ -55,7 +55,9 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype,
-                               llm_int8_skip_modules=["visual", "merger"]) if args.qlora else None
+                               # the output head, the vision tower and its merger stay out of 4-bit, as
+                               # in qvq-tune (transformers matches these from the start of module names)
+                               llm_int8_skip_modules=["lm_head", "model.visual"]) if args.qlora else None
     processor = AutoProcessor.from_pretrained(args.model)
     model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype, quantization_config=quant)
     lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, task_type="CAUSAL_LM",

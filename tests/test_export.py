@@ -157,6 +157,42 @@ def test_qlora_legacy_keys_into_a_sharded_module_tree_base_bf16(runs, tmp_path):
     assert as_trained is not None and 0 <= as_trained["reply_top1_agreement"] <= 1
 
 
+def test_qlora_merged_into_its_4bit_rounding_computes_what_the_4bit_model_did(runs, tmp_path):
+    """`--base-weights as-trained`: every weight the 4-bit model held is the dequantised NF4
+    value transformers + bitsandbytes loaded (read back from a 4-bit model, not from our
+    rounding code) plus PEFT's LoRA delta; the proof gates on the 4-bit base + adapter."""
+    import bitsandbytes.functional as bnbf
+
+    from qvq_tune.errors import UserError
+    from qvq_tune.export.run import MergeRequest, export_merge
+    from qvq_tune.models.loading import load_model, quantised_modules
+    recipe = runs["qlora"]
+    out = tmp_path / "merged"
+    report = export_merge(MergeRequest(out=out, run=recipe.run_dir, dtype="fp32", base_weights="as-trained"))
+    q_model = load_model(recipe.model, load_in_4bit=True, dtype="float32", quant_type="nf4", double_quant=True)
+    four_bit = dict(q_model.named_modules())
+    names = quantised_modules(q_model)
+    assert names and report["merge"]["rounded_weights"] == len(names)
+    original = reloaded(recipe.model)
+    delta = {k: v - original[k] for k, v in peft_merged(recipe.model, recipe.run_dir / "adapter").items()}
+    merged = reloaded(out)
+    for module in names:
+        w = four_bit[module].weight
+        rounded = bnbf.dequantize_4bit(w.data, w.quant_state).float()
+        key = f"{module}.weight"
+        assert not torch.allclose(rounded, original[key], atol=1e-4), "the rounding must show"
+        assert torch.allclose(merged[key], rounded + delta[key], atol=1e-5, rtol=1e-5), key
+    untouched = [k for k in original if k.startswith("model.visual") or k.startswith("lm_head")]
+    assert untouched and all(torch.equal(merged[k], original[k]) for k in untouched)
+    proof = report["proof"]
+    assert proof["passed"] and proof["gated_on"] == "4bit_base_plus_adapter"
+    q, o = proof["vs_4bit_base_plus_adapter"], proof["vs_base_plus_adapter"]
+    assert q["reply_top1_agreement"] == 1.0 and q["max_abs_logit_diff"] < 1e-3 < o["max_abs_logit_diff"]
+    assert "4-bit (NF4) rounding" in (out / "README.md").read_text()
+    with pytest.raises(UserError, match="applies to a QLoRA adapter"):
+        export_merge(MergeRequest(out=tmp_path / "lora", run=runs["lora"].run_dir, base_weights="as-trained"))
+
+
 def test_run_export_reads_everything_from_the_run_folder(runs, built_train, tmp_path):
     """Base, adapter, 4-bit settings and training data from the run; the proof on held-out data."""
     from qvq_tune.export.run import MergeRequest, export_merge

@@ -31,6 +31,9 @@ def add_parser(sub) -> None:
     m.add_argument("--samples", type=int, default=4, help="samples in the proof (default 4)")
     m.add_argument("--qlora", action="store_true",
                    help="with --base/--adapter: the adapter was trained on a 4-bit (nf4) base; also compare with it")
+    m.add_argument("--base-weights", choices=["original", "as-trained"], default="original",
+                   help="QLoRA: merge into the original weights (default), or into their 4-bit rounding as the "
+                        "adapter was trained on (bf16 output that computes what the 4-bit model + adapter did)")
     m.set_defaults(func=_merge)
     a = s.add_parser("adapter", help="write a clean adapter folder for PEFT or vLLM",
                      description="Write the run's adapter for serving; --target vllm checks what vLLM accepts "
@@ -49,10 +52,12 @@ def _merge(args) -> int:
     from ..export.run import MergeRequest, export_merge
     report = export_merge(MergeRequest(out=args.out, run=args.run, base=args.base, adapter=args.adapter,
                                        data=args.data, dtype=args.dtype, accept_license=args.accept_license,
-                                       force=args.force, samples=args.samples, qlora=args.qlora))
+                                       force=args.force, samples=args.samples, qlora=args.qlora,
+                                       base_weights=args.base_weights))
     proof = report["proof"]["vs_base_plus_adapter"]
     print(json.dumps({"out": report["out"], "license": report["license"]["license"],
                       "license_restriction": report["license"]["restriction"], "dtype": report["dtype"],
+                      "base_weights": report["base_weights"], "gated_on": report["proof"]["gated_on"],
                       "proof": proof, "vs_4bit_base_plus_adapter": report["proof"]["vs_4bit_base_plus_adapter"],
                       "peak_rss_mb": report["proof"]["peak_rss_mb"]}, indent=2))
     return 0

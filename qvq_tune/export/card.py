@@ -81,7 +81,12 @@ def proof_section(proof: dict) -> str:
              f"{p['mean_abs_logit_diff']:.3g}, reply-token agreement {p['reply_top1_agreement']:.1%} "
              f"(adapter effect: mean |diff| {proof['adapter_effect']:.3g})."]
     q = proof.get("vs_4bit_base_plus_adapter")
-    if q:
+    if q and proof.get("gated_on") == "4bit_base_plus_adapter":
+        lines += ["", f"The adapter was merged into the 4-bit (NF4) rounding of the base weights it was trained "
+                  f"on, saved in {proof['dtype']}: against the 4-bit base + adapter the QLoRA run trained and was "
+                  f"evaluated with, max |diff| {q['max_abs_logit_diff']:.4g}, reply-token agreement "
+                  f"{q['reply_top1_agreement']:.1%} (this comparison gates the export; the one above is reported)."]
+    elif q:
         lines += ["", f"Against the 4-bit base + adapter the QLoRA run trained and was evaluated with: reply-token "
                   f"agreement {q['reply_top1_agreement']:.1%}, mean |diff| {q['mean_abs_logit_diff']:.3g}. A QLoRA "
                   "adapter learns on 4-bit-rounded weights and partly compensates that rounding; merged into the "

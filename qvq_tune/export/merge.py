@@ -23,12 +23,13 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..models.loading import DTYPES
 from .adapter import Adapter, LoraPair
 from .names import NameIndex
+from .nf4 import Rounding
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 @dataclass
@@ -43,6 +44,7 @@ class MergePlan:
     lora: dict[str, list[LoraPair]] = field(default_factory=lambda: defaultdict(list))
     whole: dict[str, torch.Tensor] = field(default_factory=dict)
     fan_in_fan_out: bool = False
+    rounding: Rounding | None = None      # merge into the 4-bit rounding a QLoRA adapter trained on
 
     @property
     def adapted(self) -> int:
@@ -110,6 +112,8 @@ def merged_tensor(name: str, tensor: torch.Tensor, plan: MergePlan, dtype: torch
                   owned: bool = False) -> torch.Tensor:
     """The merged value of one base tensor, cast to `dtype` (non-float tensors are kept).
     `owned`: the caller hands `tensor` over (a fresh read), so an fp32 one is updated in place."""
+    if plan.rounding is not None and name in plan.rounding.names:
+        tensor, owned = plan.rounding.apply(tensor), True
     if name in plan.whole:
         tensor = plan.whole[name]
     elif name in plan.lora:
@@ -192,7 +196,7 @@ def stream_merge(base_dir: str | Path, shards: list[Shard], plan: MergePlan, out
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     torch_dtype = DTYPES[dtype]
     out_code = _CODES[torch_dtype]
-    weight_map, total, done = {}, 0, 0
+    weight_map, total, done, rounded = {}, 0, 0, 0
     for shard in shards:
         with safe_open(base_dir / shard.file, framework="pt") as f:
             layout = []
@@ -205,6 +209,7 @@ def stream_merge(base_dir: str | Path, shards: list[Shard], plan: MergePlan, out
                 lambda name: merged_tensor(name, f.get_tensor(name), plan, torch_dtype, owned=True), {"format": "pt"})
         weight_map.update({name: shard.file for name in shard.names})
         done += sum(1 for n in shard.names if n in plan.lora or n in plan.whole)
+        rounded += sum(1 for n in shard.names if plan.rounding is not None and n in plan.rounding.names)
         release_freed_memory()
         if progress:
             progress(shard.file)
@@ -215,4 +220,5 @@ def stream_merge(base_dir: str | Path, shards: list[Shard], plan: MergePlan, out
     if done != expected:    # every planned weight was found in some shard
         raise RuntimeError(f"merged {done} of {expected} planned weights")
     return {"shards": len(shards), "tensors": len(weight_map), "adapted_weights": len(plan.lora),
-            "lora_pairs": plan.adapted, "replaced_weights": len(plan.whole), "bytes": total, "dtype": dtype}
+            "lora_pairs": plan.adapted, "replaced_weights": len(plan.whole), "bytes": total, "dtype": dtype,
+            "base_weights": "as-trained" if plan.rounding is not None else "original", "rounded_weights": rounded}

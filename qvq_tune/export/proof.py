@@ -10,6 +10,8 @@ Models are loaded one at a time, so the proof holds one copy of the model in mem
 For a QLoRA adapter the merged model is also compared with the 4-bit base + adapter it
 was trained on, reported separately: the adapter may have learnt to compensate the 4-bit
 rounding, which the unquantised merge does not reproduce (it does not gate the export).
+Merged into the 4-bit rounding itself (`--base-weights as-trained`, `export/nf4.py`), the
+4-bit base + adapter is the reference that gates, and the unquantised one is reported.
 
 Gate: the merged folder passes when no reply token flips to one the reference scores more
 than `FLIP_MARGIN` logits below its own choice, and the largest logit difference stays
@@ -56,6 +58,7 @@ class MergeProof:
     reasons: list[str] = field(default_factory=list)
     vs_4bit_base_plus_adapter: Comparison | None = None   # QLoRA only: the model as trained
     peak_rss_mb: float | None = None
+    gated_on: str = "base_plus_adapter"  # or "4bit_base_plus_adapter" (merged into the 4-bit rounding)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,9 +132,10 @@ def compare(candidate: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor
 
 
 def prove(base_dir: str | Path, adapter: Adapter, merged_dir: str | Path, batch: dict, dtype: str, *,
-          quantized: dict | None = None) -> MergeProof:
+          quantized: dict | None = None, as_trained: bool = False) -> MergeProof:
     """`batch`: a collated model input with `labels`. `quantized`: the 4-bit settings the
-    adapter was trained with (`load_model` keyword arguments), for a QLoRA run."""
+    adapter was trained with (`load_model` keyword arguments), for a QLoRA run.
+    `as_trained`: the merge went into the 4-bit rounding, so the 4-bit model gates."""
     batch = dict(batch)
     replies = reply_positions(batch.pop("labels"))
     mask = batch["attention_mask"].bool()
@@ -142,21 +146,26 @@ def prove(base_dir: str | Path, adapter: Adapter, merged_dir: str | Path, batch:
     del reference_model
     merged = _logits(load_model(merged_dir, dtype="float32").eval(), batch)
     result = compare(merged, reference, mask, replies)
-    scale = reference[mask].abs().max().item()
-    tolerance = {"max_abs_logit_diff": MAX_REL_DIFF[dtype] * max(scale, 1.0), "reply_worst_flip": FLIP_MARGIN}
-    reasons = []
-    if result.max_abs_logit_diff > tolerance["max_abs_logit_diff"]:
-        reasons.append(f"max |logit difference| {result.max_abs_logit_diff:.4g} exceeds the {dtype} tolerance "
-                       f"{tolerance['max_abs_logit_diff']:.4g}")
-    if result.reply_worst_flip > FLIP_MARGIN:
-        reasons.append(f"a reply token flipped to one the reference scores {result.reply_worst_flip:.3g} logits "
-                       f"below its choice (allowed: {FLIP_MARGIN})")
-    as_trained = None
+    gated, gate_reference = result, reference
+    as_trained_result = None
     if quantized:
         q_model = with_adapter(load_model(base_dir, load_in_4bit=True, **quantized), adapter)
-        as_trained = compare(merged, _logits(q_model, batch), mask, replies)
+        q_reference = _logits(q_model, batch)
         del q_model
+        as_trained_result = compare(merged, q_reference, mask, replies)
+        if as_trained:
+            gated, gate_reference = as_trained_result, q_reference
+    scale = gate_reference[mask].abs().max().item()
+    tolerance = {"max_abs_logit_diff": MAX_REL_DIFF[dtype] * max(scale, 1.0), "reply_worst_flip": FLIP_MARGIN}
+    reasons = []
+    if gated.max_abs_logit_diff > tolerance["max_abs_logit_diff"]:
+        reasons.append(f"max |logit difference| {gated.max_abs_logit_diff:.4g} exceeds the {dtype} tolerance "
+                       f"{tolerance['max_abs_logit_diff']:.4g}")
+    if gated.reply_worst_flip > FLIP_MARGIN:
+        reasons.append(f"a reply token flipped to one the reference scores {gated.reply_worst_flip:.3g} logits "
+                       f"below its choice (allowed: {FLIP_MARGIN})")
     return MergeProof(samples=int(batch["input_ids"].shape[0]), dtype=dtype, vs_base_plus_adapter=result,
                       adapter_effect=(reference - base).abs()[mask].mean().item(), logit_scale=scale,
                       tolerance=tolerance, passed=not reasons, reasons=reasons,
-                      vs_4bit_base_plus_adapter=as_trained, peak_rss_mb=peak_rss_mb())
+                      vs_4bit_base_plus_adapter=as_trained_result, peak_rss_mb=peak_rss_mb(),
+                      gated_on="4bit_base_plus_adapter" if as_trained else "base_plus_adapter")

@@ -32,6 +32,7 @@ from .card import evaluation_section, front_matter, model_card, proof_section, t
 from .license_gate import gate
 from .merge import base_shards, output_bytes, plan_merge, stream_merge
 from .names import NameIndex
+from .nf4 import rounding_for
 from .package import copy_license, sha256sums, write_notice
 from .proof import peak_rss_mb, prove
 from .sources import Sources, dataset_names, proof_batch
@@ -56,6 +57,7 @@ class MergeRequest:
     samples: int = 4
     qlora: bool = False                       # --base/--adapter: the adapter was trained on a 4-bit (nf4) base
     evaluation: dict | None = None            # results to show on the model card
+    base_weights: Literal["original", "as-trained"] = "original"   # as-trained: into the 4-bit rounding (QLoRA)
 
 
 @dataclass
@@ -160,11 +162,22 @@ def export_merge(req: MergeRequest) -> dict:
     adapter = Adapter.load(src.adapter_dir)
     shards = base_shards(src.base)
     plan = plan_merge(adapter, shards, family.weight_prefix_aliases)
+    as_trained = req.base_weights == "as-trained"
+    if req.base_weights not in ("original", "as-trained"):
+        raise UserError(f"--base-weights must be original or as-trained (got {req.base_weights!r})",
+                        key="base_weights")
+    if as_trained:
+        if src.quantized is None:
+            raise UserError("--base-weights as-trained applies to a QLoRA adapter (a run with method qlora, or "
+                            "--qlora with --base/--adapter): a LoRA adapter was trained on the original weights",
+                            key="base_weights")
+        plan.rounding = rounding_for(src.base, family.quant_skip_modules, (n for s in shards for n in s.names),
+                                     family.weight_prefix_aliases, src.quantized)
     _check_target(out, req.force)
     _check_disk(out, output_bytes(src.base, shards, dtype))
     report = {"kind": "merge", "out": str(out), "base": str(src.base), "adapter": str(src.adapter_dir),
               "run": str(src.run) if src.run else None, "dtype": dtype, "license": licence.to_dict(),
-              "accepted_license": req.accept_license}
+              "accepted_license": req.accept_license, "base_weights": req.base_weights}
     try:
         batch = proof_batch(src, req.samples)
         with atomic_dir(out) as tmp:
@@ -173,7 +186,7 @@ def export_merge(req: MergeRequest) -> dict:
             _config(src, tmp, dtype)
             _write_processor(src, tmp)
             _identity(src, tmp, "merge")
-            proof = prove(src.base, adapter, tmp, batch, dtype, quantized=src.quantized)
+            proof = prove(src.base, adapter, tmp, batch, dtype, quantized=src.quantized, as_trained=as_trained)
             report["proof"] = proof.to_dict()
             if not proof.passed:
                 raise _ProofFailed("; ".join(proof.reasons))

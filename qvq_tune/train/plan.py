@@ -19,7 +19,7 @@ rest is the arithmetic below, one term per line of the output:
   output, gate, up, activation, product); with gradient checkpointing only each layer's
   input (h) is kept, plus one layer's full set while it is recomputed. Memory-efficient
   attention (SDPA / flash) keeps no seq x seq matrix. TRL's fused LM head scores tokens in
-  tiles, so no full logits matrix is held.
+  tiles (up to 4096 tokens x 32768 vocabulary entries, fp32), so no full logits matrix is held.
 - vision: a frozen vision tower keeps nothing for backward (one block's activations are
   live at a time); a trained one keeps every block's.
 - runtime: the CUDA context and allocator slack (0.75 GB + 8% of the rest), or a measured
@@ -111,7 +111,7 @@ def _counts(req: PlanRequest):
              "kv": text.num_key_value_heads * (getattr(text, "head_dim", None) or
                                                text.hidden_size // text.num_attention_heads),
              "vision_embed": embed, "vision_mlp": mlp, "vision_depth": vision.depth,
-             "patch": vision.patch_size, "layer_params": max(layer_sizes.values())}
+             "patch": vision.patch_size, "layer_params": max(layer_sizes.values()), "vocab": text.vocab_size}
     return parts, quantisable, lora, shape
 
 
@@ -120,7 +120,7 @@ def plan(req: PlanRequest) -> Plan:
     return _estimate(req, parts, quantisable, lora, s)
 
 
-def _estimate(req: PlanRequest, parts: dict, quantisable: int, lora: int, s: dict) -> Plan:
+def _estimate(req: PlanRequest, parts: dict, quantisable: int, lora: int, s: dict, advise: bool = True) -> Plan:
     b = BYTES[req.dtype]
     total_params = sum(parts.values())
     per_param = 0.5 + 1 / 64 if req.method == "qlora" else b     # of the quantisable weights
@@ -143,7 +143,8 @@ def _estimate(req: PlanRequest, parts: dict, quantisable: int, lora: int, s: dic
     patches = req.images_per_sample * req.batch_size * req.image_pixels // s["patch"] ** 2
     vision_blocks = s["vision_depth"] if req.lora_vision else 1
     vision = (6 * s["vision_embed"] + 2 * s["vision_mlp"]) * patches * vision_blocks * b
-    tile = 4096 * 32768 * 4                    # one fused LM-head tile (tokens x vocabulary chunk, fp32)
+    # one fused LM-head tile (TRL scores up to 4096 tokens x a 32768-wide vocabulary chunk at a time, fp32)
+    tile = min(tokens, 4096) * min(s["vocab"], 32768) * 4
     gb = {"weights": weights, "adapters": adapters, "gradients": grads, "optimizer": optimizer,
           "activations": activations, "vision_activations": vision, "lm_head_tile": tile}
     gb = {k: v / GB for k, v in gb.items()}
@@ -152,7 +153,7 @@ def _estimate(req: PlanRequest, parts: dict, quantisable: int, lora: int, s: dic
     total = round(sum(gb.values()), 2)
     result = Plan(req, {**parts, "trainable": trainable, "lora_parameters": lora}, gb, total,
                   total <= req.gpu_mem)
-    if not result.fits:
+    if advise and not result.fits:
         result.advice = _advice(req, parts, quantisable, lora, s)
     return result
 
@@ -171,6 +172,6 @@ def _advice(req: PlanRequest, parts, quantisable, lora, s) -> list[str]:
     for text, change in tries:
         if not change or all(getattr(req, k) == v for k, v in change.items()):
             continue
-        trial = _estimate(dataclasses.replace(req, **change), parts, quantisable, lora, s)
+        trial = _estimate(dataclasses.replace(req, **change), parts, quantisable, lora, s, advise=False)
         out.append(f"{text}: {trial.total_gb:.1f} GB per GPU" + ("" if trial.fits else " (still too much)"))
     return out

@@ -50,7 +50,7 @@ def weighted(tiny_model, tmp_path_factory):
     processor = load_processor(model_dir)
     args = SFTConfig(output_dir=str(root / "run"), max_steps=1, per_device_train_batch_size=3, use_cpu=True,
                      report_to=[], bf16=False, max_length=None, remove_unused_columns=False,
-                     dataset_kwargs={"skip_prepare_dataset": True}, gradient_checkpointing=False,
+                     dataset_kwargs={"skip_prepare_dataset": True}, activation_checkpointing=False,
                      logging_steps=1, save_strategy="no")
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
     collator = VisionCollator(processor, loss_weights=True)

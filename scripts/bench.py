@@ -78,7 +78,11 @@ def bench_data_build(work: Path, model: Path, records: int) -> dict:
     task = synth(work, records, spread=False)
     rows = [json.loads(line) for line in (task / "train.jsonl").read_text().splitlines()]
     processor = load_processor(model)
-    plain_loop(processor, rows[:5], task, "qvq")                  # warm-up outside the timings
+    plain_loop(processor, rows[:5], task, "qvq")                  # warm-ups outside the timings (imports,
+    warm = task / "warmup.jsonl"                                   # first processor load) on both sides
+    warm.write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))
+    from qvq_tune.data.build import BuildConfig, build as run_build
+    run_build(BuildConfig(input=str(warm), model=str(model), out=str(work / "built-warmup"), workers=1, reuse=False))
     workers = min(2, os.cpu_count() or 1)
     t = time.perf_counter()
     report = build(task, model, work / "built-data-bench", workers=workers)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -163,7 +165,6 @@ def test_qlora_merged_into_its_4bit_rounding_computes_what_the_4bit_model_did(ru
     rounding code) plus PEFT's LoRA delta; the proof gates on the 4-bit base + adapter."""
     import bitsandbytes.functional as bnbf
 
-    from qvq_tune.errors import UserError
     from qvq_tune.export.run import MergeRequest, export_merge
     from qvq_tune.models.loading import load_model, quantised_modules
     recipe = runs["qlora"]
@@ -191,6 +192,12 @@ def test_qlora_merged_into_its_4bit_rounding_computes_what_the_4bit_model_did(ru
     assert "4-bit (NF4) rounding" in (out / "README.md").read_text()
     with pytest.raises(UserError, match="applies to a QLoRA adapter"):
         export_merge(MergeRequest(out=tmp_path / "lora", run=runs["lora"].run_dir, base_weights="as-trained"))
+    cli = subprocess.run([sys.executable, "-m", "qvq_tune", "export", "merge", "--run", str(recipe.run_dir),
+                          "--out", str(tmp_path / "cli"), "--base-weights", "as-trained"],
+                         capture_output=True, text=True)
+    printed = json.loads(cli.stdout)
+    assert cli.returncode == 0 and printed["proof_passed"] and printed["gated_on"] == "4bit_base_plus_adapter"
+    assert printed["vs_4bit_base_plus_adapter"]["reply_top1_agreement"] == 1.0
 
 
 def test_run_export_reads_everything_from_the_run_folder(runs, built_train, tmp_path):

@@ -54,11 +54,12 @@ def _merge(args) -> int:
                                        data=args.data, dtype=args.dtype, accept_license=args.accept_license,
                                        force=args.force, samples=args.samples, qlora=args.qlora,
                                        base_weights=args.base_weights))
-    proof = report["proof"]["vs_base_plus_adapter"]
+    proof = report["proof"]
     print(json.dumps({"out": report["out"], "license": report["license"]["license"],
                       "license_restriction": report["license"]["restriction"], "dtype": report["dtype"],
-                      "base_weights": report["base_weights"], "gated_on": report["proof"]["gated_on"],
-                      "proof": proof, "vs_4bit_base_plus_adapter": report["proof"]["vs_4bit_base_plus_adapter"],
+                      "base_weights": report["base_weights"], "proof_passed": proof["passed"],
+                      "gated_on": proof["gated_on"], "vs_base_plus_adapter": proof["vs_base_plus_adapter"],
+                      "vs_4bit_base_plus_adapter": proof["vs_4bit_base_plus_adapter"],
                       "peak_rss_mb": report["proof"]["peak_rss_mb"]}, indent=2))
     return 0
 

@@ -196,7 +196,7 @@ def stream_merge(base_dir: str | Path, shards: list[Shard], plan: MergePlan, out
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     torch_dtype = DTYPES[dtype]
     out_code = _CODES[torch_dtype]
-    weight_map, total, done, rounded = {}, 0, 0, 0
+    weight_map, total, done = {}, 0, 0
     for shard in shards:
         with safe_open(base_dir / shard.file, framework="pt") as f:
             layout = []
@@ -209,7 +209,6 @@ def stream_merge(base_dir: str | Path, shards: list[Shard], plan: MergePlan, out
                 lambda name: merged_tensor(name, f.get_tensor(name), plan, torch_dtype, owned=True), {"format": "pt"})
         weight_map.update({name: shard.file for name in shard.names})
         done += sum(1 for n in shard.names if n in plan.lora or n in plan.whole)
-        rounded += sum(1 for n in shard.names if plan.rounding is not None and n in plan.rounding.names)
         release_freed_memory()
         if progress:
             progress(shard.file)
@@ -221,4 +220,5 @@ def stream_merge(base_dir: str | Path, shards: list[Shard], plan: MergePlan, out
         raise RuntimeError(f"merged {done} of {expected} planned weights")
     return {"shards": len(shards), "tensors": len(weight_map), "adapted_weights": len(plan.lora),
             "lora_pairs": plan.adapted, "replaced_weights": len(plan.whole), "bytes": total, "dtype": dtype,
-            "base_weights": "as-trained" if plan.rounding is not None else "original", "rounded_weights": rounded}
+            "base_weights": "as-trained" if plan.rounding is not None else "original",
+            "rounded_weights": len(plan.rounding.names) if plan.rounding is not None else 0}

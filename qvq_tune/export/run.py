@@ -162,10 +162,10 @@ def export_merge(req: MergeRequest) -> dict:
     adapter = Adapter.load(src.adapter_dir)
     shards = base_shards(src.base)
     plan = plan_merge(adapter, shards, family.weight_prefix_aliases)
-    as_trained = req.base_weights == "as-trained"
     if req.base_weights not in ("original", "as-trained"):
         raise UserError(f"--base-weights must be original or as-trained (got {req.base_weights!r})",
                         key="base_weights")
+    as_trained = req.base_weights == "as-trained"
     if as_trained:
         if src.quantized is None:
             raise UserError("--base-weights as-trained applies to a QLoRA adapter (a run with method qlora, or "

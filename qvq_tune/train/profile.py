@@ -17,13 +17,13 @@ Perfetto or chrome://tracing.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
+
+from ..paths import write_json_atomic
 
 # Operator-name fragments per category, checked in this order (first match wins).
 CATEGORIES = (
@@ -100,28 +100,23 @@ class StepProfiler(TrainerCallback):
         self._ended = time.perf_counter()
         self.step_seconds.append(self._ended - self._began)
         if len(self.step_seconds) >= self.steps:
-            self._finish(state)
+            self._finish(args.process_index)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.profiler is not None:
-            self._ended = self._ended or time.perf_counter()
-            self._finish(state)
+            self._finish(args.process_index)
 
-    def _finish(self, state) -> None:
+    def _finish(self, rank: int) -> None:
         profiler, self.profiler = self.profiler, None
         wall = time.perf_counter() - self._wall0
         profiler.__exit__(None, None, None)
-        rank = int(os.environ.get("RANK", "0"))
-        self.folder.mkdir(parents=True, exist_ok=True)
         result = {"rank": rank, "first_step": self.start + 1, "steps": len(self.step_seconds),
                   "wall_seconds": round(wall, 4),
                   "step_seconds": [round(s, 4) for s in self.step_seconds],
                   "mean_step_seconds": round(sum(self.step_seconds) / max(1, len(self.step_seconds)), 4),
                   "between_steps_seconds": [round(s, 4) for s in self.between],
                   **breakdown(profiler.key_averages(), wall)}
-        tmp = self.folder / f".rank{rank}.json.tmp"
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(self.folder / f"rank{rank}.json")
+        write_json_atomic(self.folder / f"rank{rank}.json", result)
         if self.trace:
             profiler.export_chrome_trace(str(self.folder / f"rank{rank}.trace.json"))
         if rank == 0:

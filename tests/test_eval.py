@@ -88,7 +88,7 @@ def test_eval_cli_on_raw_data_with_video_blanks_frames_too(tiny_model, tmp_path)
 def test_blank_media_whitens_images_and_video_frames_alike(tiny_model, tmp_path):
     from qvq_tune.data.build import BuildConfig, build
     from qvq_tune.data.dataset import load_samples
-    from qvq_tune.data.media import load_video_frames
+    from qvq_tune.data.video import load_video
     from qvq_tune.eval.prompts import blank_media
     build(BuildConfig(input=str(REPO / "data_templates" / "sharegpt.json"), model=str(tiny_model("qwen2_5_vl")),
                       out=str(tmp_path / "b"), workers=1))
@@ -98,8 +98,10 @@ def test_blank_media_whitens_images_and_video_frames_alike(tiny_model, tmp_path)
         for path, img in zip(sample["images"], blank["images"]):
             from PIL import Image
             assert img.size == Image.open(path).size and img.getextrema() == ((255, 255),) * 3
-        for path, frames in zip(sample["videos"], blank["videos"]):
-            assert frames.shape == load_video_frames(path).shape and int(frames.min()) == 255
+        for path, video in zip(sample["videos"], blank["videos"]):
+            real = load_video(path)
+            assert video.frames.shape == real.frames.shape and int(video.frames.min()) == 255
+            assert (video.fps, video.indices, video.total_frames) == (real.fps, real.indices, real.total_frames)
 
 
 def test_eval_reads_the_run_folder(tiny_model, built_train, tmp_path):

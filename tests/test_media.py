@@ -13,11 +13,15 @@ import pytest
 from PIL import Image
 
 from qvq_tune.data.files import input_files, iter_raw
-from qvq_tune.data.media import MediaOptions, MediaResolver, decode_video, load_video_frames
+from qvq_tune.data.media import MediaOptions, MediaResolver
+from qvq_tune.data.video import decode_video, encode_videos, load_video, load_video_frames
 from qvq_tune.data.messages import Media
 from qvq_tune.data.quarantine import RecordError
 from qvq_tune.data.vision import PixelCache, image_grid
 from qvq_tune.errors import UserError
+from qvq_tune.models.registry import get_family
+
+QWEN2_VL = get_family("qwen2_vl")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +33,7 @@ def processor(tiny_model):
 
 @pytest.fixture
 def resolver(processor, tmp_path):
-    return MediaResolver(processor, MediaOptions(tmp_path / "out_media"))
+    return MediaResolver(processor, MediaOptions(tmp_path / "out_media"), QWEN2_VL)
 
 
 def image(source=None, data=None):
@@ -124,11 +128,11 @@ def test_corrupt_images_fail_at_build_time(resolver, media_files, cut):
 def test_pixel_limit_from_the_header_and_pil_bomb_error(processor, media_files, tmp_path):
     media_files.bomb_png("bomb.png")                       # claims 10 gigapixels: PIL's own error
     media_files.bomb_png("big.png", 9000, 8000)            # 72 MP: over our 64 MP default, under PIL's
-    r = MediaResolver(processor, MediaOptions(tmp_path / "m"))
+    r = MediaResolver(processor, MediaOptions(tmp_path / "m"), QWEN2_VL)
     fails(r, image("bomb.png"), media_files.root, "pixel_limit")
     assert "72,000,000 pixels" in fails(r, image("big.png"), media_files.root, "pixel_limit")
     media_files.image("ok.png", 112, 112)
-    small = MediaResolver(processor, MediaOptions(tmp_path / "m", max_image_pixels=100 * 100))
+    small = MediaResolver(processor, MediaOptions(tmp_path / "m", max_image_pixels=100 * 100), QWEN2_VL)
     fails(small, image("ok.png"), media_files.root, "pixel_limit")
     assert Image.MAX_IMAGE_PIXELS != 100 * 100             # the guard does not leak into PIL
 
@@ -166,7 +170,7 @@ def test_remote_urls_are_refused_unless_allowed(resolver, processor, media_files
     server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        allowed = MediaResolver(processor, MediaOptions(tmp_path / "dl", allow_remote=True))
+        allowed = MediaResolver(processor, MediaOptions(tmp_path / "dl", allow_remote=True), QWEN2_VL)
         url = f"http://127.0.0.1:{server.server_port}/a.png"
         r = allowed.resolve(image(url), media_files.root)
     finally:
@@ -199,15 +203,16 @@ def test_video_file_is_sampled_once_into_frames_matching_the_processor(resolver,
     meta = json.loads((folder / "meta.json").read_text())
     n = smart_nframes({"fps": 2.0, "min_frames": 4, "max_frames": 32}, total_frames=12, video_fps=4.0)
     assert len(list(folder.glob("*.png"))) == n == len(meta["frames_indices"]) and meta["video_fps"] == 4.0
-    frames = load_video_frames(r.path)
-    assert tuple(frames.shape) == (n, 3, 64, 96)
-    enc = processor.video_processor(videos=[frames], return_tensors="pt")
+    video = load_video(r.path)
+    assert tuple(video.frames.shape) == (n, 3, 64, 96)
+    assert (video.fps, video.indices, video.total_frames) == (4.0, meta["frames_indices"], 12)
+    enc = encode_videos(processor.video_processor, [video])
     assert list(r.grid_thw) == enc["video_grid_thw"][0].tolist()
     assert r.num_tokens == enc["video_grid_thw"][0].prod().item() // 4
     assert r.meta["fps"] == 2.0 and r.meta["sha256"]
     # the same video again reuses the folder; a different sampling makes another
     assert resolver.resolve(Media("video", source="clip.mp4"), media_files.root).path == r.path
-    fewer = MediaResolver(processor, MediaOptions(resolver.media_dir, max_frames=4))
+    fewer = MediaResolver(processor, MediaOptions(resolver.media_dir, max_frames=4), QWEN2_VL)
     assert fewer.resolve(Media("video", source="clip.mp4"), media_files.root).grid_thw[0] == 2
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from qvq_tune.data.media import MediaOptions, MediaResolver, load_video_frames
+from qvq_tune.data.media import MediaOptions, MediaResolver
+from qvq_tune.data.video import load_video, video_kwargs
 from qvq_tune.data.messages import Conversation, Media, Origin, Part, PreferencePair, Turn
 from qvq_tune.data.readers import ReaderOptions, parse
 from qvq_tune.data.reasoning import format_reply
@@ -32,7 +35,7 @@ def renderer(tiny_model, family, reasoning="qvq", **kw):
 
 
 def resolve(r: SampleRenderer, example, root, tmp_path):
-    resolver = MediaResolver(r.processor, MediaOptions(tmp_path / "media"))
+    resolver = MediaResolver(r.processor, MediaOptions(tmp_path / "media"), r.family)
     return [resolver.resolve(m, root) for m in example.media]
 
 
@@ -149,10 +152,27 @@ def test_video_tokens_equal_the_processor(tiny_model, media_files, tmp_path, fam
                          Turn("assistant", [Part.of_text("noise")], reasoning="pixels")], Origin("x", 1))
     media = resolve(r, conv, media_files.root, tmp_path)
     sample = r.render(conv, media)
-    enc = r.processor(text=[r.chat_text(conv.turns)], videos=[load_video_frames(media[0].path)],
-                      return_tensors="pt")
+    video = load_video(media[0].path)
+    # the processor gets the video's real timeline and pixel cap, as the builder does (no default decides)
+    enc = r.processor(text=[r.chat_text(conv.turns)], videos=[video.frames], return_tensors="pt",
+                      **video_kwargs(r.processor.video_processor, [video]))
     assert sample["video_grid_thw"] == enc["video_grid_thw"].tolist()
     assert sample["input_ids"] == enc["input_ids"][0].tolist()
+
+
+def test_qwen3_vl_video_timestamps_follow_the_source_fps(tiny_model, media_files, tmp_path):
+    """12 frames at 4 fps, sampled at 2 fps: Qwen3-VL's per-frame markers must read the
+    source's seconds (frame index / 4), not a frame rate the processor assumes."""
+    r = renderer(tiny_model, "qwen3_vl", "think")
+    media_files.video("clip.mp4", frames=12, fps=4)
+    conv = Conversation([Turn("user", [Part.of_media(Media("video", source="clip.mp4")), Part.of_text("what?")]),
+                         Turn("assistant", [Part.of_text("noise")], reasoning="pixels")], Origin("x", 1))
+    [media] = resolve(r, conv, media_files.root, tmp_path)
+    idx = json.loads((Path(media.path) / "meta.json").read_text())["frames_indices"]
+    pairs = [(idx[i] + idx[min(i + 1, len(idx) - 1)]) / 2 / 4.0 for i in range(0, len(idx), 2)]
+    text = r.tokenizer.decode(r.render(conv, [media])["input_ids"])
+    assert [f"{t:.1f}" for t in pairs] == re.findall(r"<([0-9.]+) seconds>", text)
+    assert len(pairs) == 3 and float(re.findall(r"<([0-9.]+) seconds>", text)[-1]) > 2   # a 3-second clip
 
 
 def test_preference_pair_prompt_and_completions(tiny_model, synth_task, tmp_path):

@@ -52,12 +52,12 @@ from .. import __version__
 from ..errors import UserError
 from ..paths import atomic_dir, write_json_atomic
 from .files import input_files, iter_file
-from .media import (DEFAULT_FPS, DEFAULT_MAX_FRAMES, DEFAULT_MAX_IMAGE_PIXELS, MediaOptions,
-                    MediaResolver, file_stat)
+from .media import DEFAULT_MAX_IMAGE_PIXELS, MediaOptions, MediaResolver, file_stat
 from .messages import Conversation, Origin, Turn
 from .quarantine import RecordError, quarantine_row
 from .readers import FORMATS as INPUT_FORMATS
 from .readers import ReaderOptions, parse, parse_columns
+from .video import DEFAULT_FPS, DEFAULT_MAX_FRAMES
 from .reasoning import FORMATS as REASONING_FORMATS
 from .reasoning import PAIR_CUTS
 from .render import RenderError, RenderOptions, SampleRenderer
@@ -187,7 +187,7 @@ class _Worker:
         self.spec_key = spec.key()
         processor = load_processor(spec.model_dir, min_pixels=spec.min_pixels, max_pixels=spec.max_pixels)
         self.renderer = SampleRenderer(processor, get_family(spec.family), spec.render)
-        self.resolver = MediaResolver(processor, spec.media)
+        self.resolver = MediaResolver(processor, spec.media, self.renderer.family)
         self.reader = spec.reader
         self.filters, self.max_trace_tokens = spec.filters, spec.max_trace_tokens
 

@@ -22,8 +22,8 @@ import time
 
 import torch
 
-from .media import load_video_frames
 from .render import IGNORE_INDEX, SPAN_ANSWER, SPAN_NONE, SPAN_REASONING
+from .video import Video, encode_videos, load_video
 from .vision import PixelCache
 
 
@@ -67,9 +67,9 @@ class VisionCollator:
                                  "built; rebuild it with this model's processor settings")
             out["pixel_values"], out["image_grid_thw"] = pixel_values, grid
         videos = [v for s in samples for v in (s.get("videos") or [])]
-        if videos:     # frames folders, or frames already loaded (e.g. blanked by the evaluator)
-            frames = [v if isinstance(v, torch.Tensor) else load_video_frames(v) for v in videos]
-            enc = self.processor.video_processor(videos=frames, return_tensors="pt")
+        if videos:     # frames folders, or videos already loaded (e.g. blanked by the evaluator)
+            loaded = [v if isinstance(v, Video) else load_video(v) for v in videos]
+            enc = encode_videos(self.processor.video_processor, loaded)
             out["pixel_values_videos"], out["video_grid_thw"] = enc["pixel_values_videos"], enc["video_grid_thw"]
         return out
 

@@ -13,12 +13,11 @@ count tokens for, or raises `RecordError` with one of: `missing_media`, `empty_f
   then the file is verified (PNG: CRCs of every chunk; others: a decode, JPEG at 1/8
   scale) so corrupt files fail at build time. Tokens come from `vision.image_grid`.
 - Bytes, base64 and downloads are written content-addressed to `media_dir/<sha256>.<ext>`.
-- Videos are sampled once (qwen-vl-utils' `smart_nframes` with fps / min / max frames;
-  decoded with PyAV, since torchvision no longer reads video) into a frames folder
-  `media_dir/<key>/` with `meta.json`; samples reference that folder, and
-  `load_video_frames` (used by the collator) reads it back, so training sees exactly
-  the frames whose grid was counted here (its grid is counted by running the model's
-  video processor on them, as the collator does).
+- Videos are sampled once (`video.decode_video`) into a frames folder `media_dir/<key>/`
+  with `meta.json` (the source's fps, each frame's index, the frame count); samples
+  reference that folder, and `video.load_video` (used by the collator) reads it back, so
+  training sees exactly the frames whose grid was counted here (by `video.encode_videos`,
+  the same call the collator makes, metadata included).
 Each result carries `meta["sha256"]` (content hash, for duplicate detection). A local
 file already resolved is reused while its size and mtime are unchanged; `touched`
 records every user file read, for the build cache.
@@ -44,22 +43,20 @@ from urllib.parse import unquote
 
 from PIL import Image, UnidentifiedImageError
 
+from ..models.registry import ModelFamily
 from ..paths import atomic_file, publishable
 from .messages import Media
 from .quarantine import RecordError
 from .render import ResolvedMedia
+from .video import (DEFAULT_FPS, DEFAULT_MAX_FRAMES, DEFAULT_MIN_FRAMES, FRAMES_META, decode_video, load_video,
+                    video_kwargs)
 
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000       # decompression-bomb guard (64 megapixels)
-DEFAULT_FPS = 2.0                           # qwen-vl-utils' FPS
-DEFAULT_MIN_FRAMES = 4                      # qwen-vl-utils' FPS_MIN_FRAMES
-DEFAULT_MAX_FRAMES = 32                     # qwen-vl-utils allows 768; 32 keeps CPU runs sane
 MAX_DOWNLOAD_BYTES = 256 << 20
 EXIF_ORIENTATION = 0x0112
 _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}
 # Bare base64 images as some datasets store them: PNG, JPEG, GIF, WEBP magic, base64-encoded.
 _BASE64_IMAGE = re.compile(r"^(iVBORw0KGgo|/9j/|R0lGOD|UklGR)[A-Za-z0-9+/=\s]{64,}$")
-_FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-FRAMES_META = "meta.json"
 
 
 @dataclass(frozen=True)
@@ -82,9 +79,10 @@ class _Blob:
 class MediaResolver:
     """Resolves media for one processor and one set of options (one per worker)."""
 
-    def __init__(self, processor, options: MediaOptions):
+    def __init__(self, processor, options: MediaOptions, family: ModelFamily):
         self.processor = processor
         self.options = options
+        self.family = family
         self.media_dir = Path(options.media_dir).absolute()
         self.touched: dict[str, tuple[int, int] | None] = {}   # user files read: (size, mtime_ns)
         self._cache: dict[tuple, tuple[str, tuple[int, int], ResolvedMedia]] = {}
@@ -326,22 +324,22 @@ class MediaResolver:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _video_result(self, folder: Path, meta: dict, field: str) -> ResolvedMedia:
-        """Count tokens the way the collator will (the video processor on the same frames),
-        and ask the processor what text replaces this video's placeholder: a run of
-        video pad tokens for Qwen2/2.5-VL, per-frame `<t seconds>` markers for Qwen3-VL."""
+        """Count tokens the way the collator will (the same frames, metadata and settings),
+        and ask the processor itself what its tokens are in place of the chat template's
+        video placeholder (`meta["placeholder_ids"]`): vision start, video pads, vision end
+        for Qwen2/2.5-VL; per-frame `<t seconds>` markers, each frame wrapped, for Qwen3-VL
+        (whose processor also drops the template's outer wrapper since transformers 5.2x)."""
+        video = load_video(folder)
         try:
-            enc = self.processor.video_processor(videos=[load_video_frames(folder)], return_tensors="pt",
-                                                 return_metadata=True)
+            enc = self.processor(text=[self.family.video_placeholder], videos=[video.frames], return_tensors="pt",
+                                 **video_kwargs(self.processor.video_processor, [video]))
         except ValueError as exc:
             raise RecordError("corrupt_media", f"the video processor rejects these frames: {exc}", field=field) from None
         grid = tuple(int(x) for x in enc["video_grid_thw"][0].tolist())
         merge = self.processor.video_processor.merge_size
         n = grid[0] * grid[1] * grid[2] // (merge * merge)
-        meta = dict(meta)
-        replace = getattr(self.processor, "replace_video_token", None)
-        if replace is not None:
-            meta["replacement"] = str(replace(enc, 0))
-        return ResolvedMedia("video", str(folder), grid, n, meta)
+        ids = enc["input_ids"][0].tolist()
+        return ResolvedMedia("video", str(folder), grid, n, {**meta, "placeholder_ids": ids})
 
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -417,90 +415,3 @@ def _uniform(total: int, limit: int) -> list[int]:
         return list(range(total))
     import torch
     return torch.linspace(0, total - 1, limit).round().long().tolist()
-
-
-def decode_video(source, *, fps: float = DEFAULT_FPS, min_frames: int = DEFAULT_MIN_FRAMES,
-                 max_frames: int = DEFAULT_MAX_FRAMES, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-                 ) -> tuple[list[Image.Image], dict]:
-    """Sampled RGB frames of a video file (path or file object) and the sampling record.
-
-    The frame count comes from qwen-vl-utils' `smart_nframes` (fps, min and max frames) and
-    the indices from its readers' `linspace(0, total - 1, n).round()`; PyAV decodes.
-    Raises RecordError (corrupt_media / pixel_limit).
-    """
-    import av
-    import torch
-    from qwen_vl_utils.vision_process import smart_nframes
-
-    def _open():
-        if hasattr(source, "seek"):
-            source.seek(0)
-        return av.open(source)
-
-    try:
-        with _open() as container:
-            if not container.streams.video:
-                raise RecordError("corrupt_media", "has no video stream")
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate
-            video_fps = float(rate) if rate else 24.0
-            w, h = stream.codec_context.width, stream.codec_context.height
-            if w * h > max_pixels:
-                raise RecordError("pixel_limit", f"frames are {w}x{h}, over the limit of {max_pixels:,} pixels")
-            total = stream.frames
-        if not total:
-            with _open() as container:
-                total = sum(1 for _ in container.decode(video=0))
-        for _ in range(2):     # a container may overstate its frame count: retry with the real one
-            if total < 2:
-                raise RecordError("corrupt_media", f"has {total} decodable frame(s); at least 2 are needed")
-            ele = {"fps": fps, "min_frames": min_frames, "max_frames": max_frames}
-            nframes = smart_nframes(ele, total_frames=total, video_fps=video_fps)
-            idx = torch.linspace(0, total - 1, nframes).round().long().tolist()
-            wanted, frames, seen = set(idx), {}, 0
-            with _open() as container:
-                for i, frame in enumerate(container.decode(video=0)):
-                    seen = i + 1
-                    if i in wanted:
-                        frames[i] = frame.to_image()
-                    if i >= idx[-1]:
-                        break
-            if len(frames) == len(wanted):
-                break
-            total = seen
-        else:
-            raise RecordError("corrupt_media", "frames could not be decoded consistently")
-    except RecordError:
-        raise
-    except (av.error.FFmpegError, OSError, ValueError, IndexError) as exc:
-        raise RecordError("corrupt_media", f"cannot be decoded as a video ({type(exc).__name__}: {exc})") from None
-    meta = {"video_fps": video_fps, "total_frames": total, "frames_indices": idx,
-            "sample_fps": nframes / total * video_fps, "fps": fps, "min_frames": min_frames,
-            "max_frames": max_frames}
-    return [frames[i].convert("RGB") for i in idx], meta
-
-
-def load_video_frames(path_or_frames):
-    """Frames for the video processor, as a uint8 tensor (T, C, H, W).
-
-    Accepts a frames folder written by the builder (the normal case: what `videos` holds in
-    a built dataset), a list of frame image paths, or a video file (sampled with the
-    default fps and frame limits).
-    """
-    import numpy as np
-    import torch
-
-    from .vision import open_rgb
-
-    if isinstance(path_or_frames, (list, tuple)):
-        images = [open_rgb(str(p)) for p in path_or_frames]
-    else:
-        path = Path(path_or_frames)
-        if path.is_dir():
-            names = sorted(p for p in path.iterdir() if p.suffix.lower() in _FRAME_SUFFIXES)
-            images = [open_rgb(str(p)) for p in names]
-        else:
-            images, _ = decode_video(str(path))
-    if not images:
-        raise ValueError(f"no frames in {path_or_frames}")
-    return torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2).contiguous()

@@ -69,6 +69,7 @@ class SampleRenderer:
         tok = self.tokenizer
         self.image_token_id = tok.convert_tokens_to_ids(family.image_token)
         self.video_token_id = tok.convert_tokens_to_ids(family.video_token)
+        self.video_placeholder_ids = tok(family.video_placeholder, add_special_tokens=False)["input_ids"]
         self._specials = family.control_tokens
 
     # ---- messages in the processor's format -------------------------------------------
@@ -220,9 +221,10 @@ class SampleRenderer:
                           "and end-of-turn token are never cut)")
 
     def _expand_vision(self, tokens: "_Tokens", media: list[ResolvedMedia]) -> "_Tokens":
-        """Replace each placeholder token by what the processor puts there: `n` copies of
-        the pad token, or (Qwen3-VL video) the processor's own replacement text, which
-        starts and ends with special tokens and so tokenises the same on its own."""
+        """Replace each placeholder by what the processor puts there: `n` copies of the
+        image pad token; for a video, the ids the processor itself wrote in place of the
+        template's whole video placeholder (`placeholder_ids`, measured by the media
+        stage), which start and end with special tokens and so tokenise the same alone."""
         ids = tokens.ids
         images = [m for m in media if m.kind == "image"]
         videos = [m for m in media if m.kind == "video"]
@@ -236,20 +238,24 @@ class SampleRenderer:
             return tokens
         out = _Tokens.unlabelled([])
         it_img, it_vid = iter(images), iter(videos)
-        for i, t in enumerate(ids):
+        wrapper = self.video_placeholder_ids
+        i = 0
+        while i < len(ids):
+            t = ids[i]
             if t == self.image_token_id:
                 out.extend_unlabelled([t] * next(it_img).num_tokens)
-            elif t == self.video_token_id:
-                out.extend_unlabelled(self._video_span(next(it_vid)))
+            elif t == self.video_token_id or ids[i:i + len(wrapper)] == wrapper:
+                video = next(it_vid)
+                out.extend_unlabelled(self._video_span(video))
+                if t != self.video_token_id:
+                    i += len(wrapper) - 1
             else:
                 out.copy(tokens, i)
+            i += 1
         return out
 
     def _video_span(self, video: ResolvedMedia) -> list[int]:
-        replacement = video.meta.get("replacement")
-        if not replacement:
-            return [self.video_token_id] * video.num_tokens
-        span = self.tokenizer(replacement, add_special_tokens=False)["input_ids"]
+        span = list(video.meta.get("placeholder_ids") or [])
         if span.count(self.video_token_id) != video.num_tokens:
             raise RenderError("corrupt_media", "the processor's video placeholder does not hold "
                               f"{video.num_tokens} video tokens")

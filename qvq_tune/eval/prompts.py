@@ -52,10 +52,10 @@ def prompt_from_sample(sample: dict, tokenizer, family: ModelFamily, prefix: str
 
 def blank_media(batch: dict) -> dict:
     """The same prompt with every image and video frame replaced by white of the same size."""
-    from ..data.media import load_video_frames
+    from ..data.video import load_video
     images = []
     for path in batch["images"]:
         with Image.open(path) as img:
             images.append(Image.new("RGB", img.size, (255, 255, 255)))
-    videos = [load_video_frames(v).fill_(255) for v in batch["videos"]]
+    videos = [load_video(v).blank() for v in batch["videos"]]
     return {**batch, "images": images, "videos": videos}

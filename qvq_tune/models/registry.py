@@ -111,6 +111,11 @@ class ModelFamily:
         return f"{self.turn_start}assistant\n"
 
     @property
+    def video_placeholder(self) -> str:
+        """What the chat template writes for a video part (the processor expands it)."""
+        return self.vision_start + self.video_token + self.vision_end
+
+    @property
     def control_tokens(self) -> tuple[str, ...]:
         """Chat-control tokens that user text must never contain (the template's own)."""
         return (self.image_token, self.video_token, self.vision_start, self.vision_end,

@@ -27,11 +27,13 @@ from typing import Iterator
 
 from ..errors import UserError
 from ..paths import write_json_atomic
-from .build import (CACHE, DPO_DIR, MEDIA_DIR, QUARANTINE, REPORT, SFT_DIR, Deduplicator, SampleWriters,
-                    code_version, duplicate_message, make_report, publish_outputs, summary_line)
+from .build import Deduplicator, duplicate_message
+from .fingerprint import code_version
 from .files import iter_raw
 from .messages import Origin
 from .quarantine import RecordError, excerpt, quarantine_row
+from .writers import (CACHE, DPO_DIR, MEDIA_DIR, QUARANTINE, REPORT, SFT_DIR, SampleWriters, make_report,
+                      publish_outputs, summary_line)
 
 # Settings that may differ between the shards of one build.
 PER_SHARD = ("shard_index", "out")

@@ -60,7 +60,7 @@ from .fingerprint import cached_report, processor_hash
 from .fingerprint import fingerprint as build_fingerprint
 from .media import MediaOptions, MediaResolver
 from .messages import Conversation, Origin, Turn
-from .quarantine import RecordError, quarantine_row
+from .quarantine import QuarantineWriter, RecordError, quarantine_row
 from .readers import ReaderOptions, parse
 from .render import RenderError, RenderOptions, SampleRenderer
 from .trace_filters import DEFAULT_MAX_TRACE_TOKENS, check_replies
@@ -278,14 +278,12 @@ def _process(config, spec, files, workers, stage, progress):
 
     writers = SampleWriters(stage)
     dedup = Deduplicator(config.keep_duplicates)
-    reasons: Counter = Counter()
     aliases: Counter = Counter()
     media_index: dict = {}
     n_input = 0
     bar = tqdm(desc="data build", unit=" records", disable=not progress)
     chunks = _chunks(files, config.image_root, config.num_shards, config.shard_index)
-    with open(stage / QUARANTINE, "w", encoding="utf-8") as qfile, \
-            closing(_results(spec, chunks, workers)) as results:
+    with QuarantineWriter(stage / QUARANTINE) as quarantine, closing(_results(spec, chunks, workers)) as results:
         for (_, items), outcomes, touched in results:
             media_index.update(touched)
             for (origin, raw, _, position), (kind, payload, key, applied) in zip(items, outcomes):
@@ -300,10 +298,8 @@ def _process(config, spec, files, workers, stage, progress):
                     code, message, field_ = payload
                     if config.strict:
                         raise _strict_error(origin, code, message, field_)
-                    reasons[code] += 1
-                    row = quarantine_row(origin, code, message, raw, field_, record_index=position,
-                                         content_key=key.hex() if code == "duplicate" else None)
-                    qfile.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    quarantine.write(quarantine_row(origin, code, message, raw, field_, record_index=position,
+                                                    content_key=key.hex() if code == "duplicate" else None))
                 else:
                     writers.write(kind, payload)
             bar.update(len(items))
@@ -311,7 +307,7 @@ def _process(config, spec, files, workers, stage, progress):
     media_index = {p: (list(s) if s else None) for p, s in sorted(media_index.items())}
     counts = {"input": n_input, "sft": writers.counts["sft"], "dpo": writers.counts["dpo"],
               "duplicates_kept": dedup.kept, "aliases": dict(sorted(aliases.items()))}
-    return counts, reasons, media_index, writers.finish()
+    return counts, quarantine.counts, media_index, writers.finish()
 
 
 class Deduplicator:

@@ -7,6 +7,7 @@ import logging
 _QUIET = (
     "bitsandbytes.backends.cpu.ops",   # "Failed to load CPU gemm_4bit_forward": falls back (NOTES.md)
     "DeepSpeed",                      # "Setting accelerator to CPU"
+    "huggingface_hub.repocard",       # "Repo card metadata block was not found": a card without front matter
 )
 
 

@@ -323,3 +323,39 @@ def test_streamed_merge_equals_peft_for_every_family(family, tiny_model, tmp_pat
     assert merged.keys() == expected.keys()
     for name in expected:
         assert torch.allclose(merged[name], expected[name], atol=1e-6, rtol=1e-5), name
+
+
+def test_rslora_merge_equals_peft_merge(tiny_model, tmp_path):
+    """rsLoRA scales the product by alpha / sqrt(r), not alpha / r: the streamed merge of an
+    rsLoRA adapter reloads to PEFT's own merge_and_unload, and would not with the plain scale."""
+    from qvq_tune.export.adapter import Adapter
+    from qvq_tune.export.merge import base_shards, plan_merge, stream_merge
+    from qvq_tune.models.registry import get_family
+    base = tiny_model("qwen2_vl")
+    adapter = make_adapter(base, tmp_path / "rslora", use_rslora=True)           # r 16, alpha 32: scale 8, not 2
+    loaded = Adapter.load(adapter)
+    assert {pair.scale for pair in loaded.pairs.values()} == {32 / 16 ** 0.5}
+    out = shutil.copytree(base, tmp_path / "merged", ignore=shutil.ignore_patterns("model*.safetensors*"))
+    shards = base_shards(base)
+    stream_merge(base, shards, plan_merge(loaded, shards, get_family("qwen2_vl").weight_prefix_aliases), out,
+                 "float32")
+    expected, merged, original = peft_merged(base, adapter), reloaded(out), reloaded(base)
+    changed = [n for n in expected if not torch.equal(expected[n], original[n])]
+    assert len(changed) == 14
+    for name in expected:
+        assert torch.allclose(merged[name], expected[name], atol=1e-6, rtol=1e-5), name
+    plain = {n: original[n] + (expected[n] - original[n]) * (2 / 8) for n in changed}   # alpha / r instead
+    assert all(not torch.allclose(merged[n], plain[n], atol=1e-4) for n in changed)
+
+
+def test_a_dora_adapter_is_refused_before_anything_is_written(tiny_model, tmp_path):
+    """The streamed merge adds scale * B @ A; a DoRA adapter also rescales each weight by its
+    magnitude vector, which that sum does not do: refused, naming the key, nothing written."""
+    from qvq_tune.export.run import MergeRequest, export_merge
+    base = tiny_model("qwen2_vl")
+    adapter = make_adapter(base, tmp_path / "dora", use_dora=True)
+    exports = tmp_path / "exports"
+    with pytest.raises(UserError, match="a DoRA adapter .* cannot be merged by the streamed merge") as e:
+        export_merge(MergeRequest(out=exports / "merged", base=base, adapter=adapter))
+    assert e.value.key == "use_dora" and "\n" not in str(e.value)
+    assert not exports.exists()

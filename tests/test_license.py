@@ -25,7 +25,7 @@ from .conftest import REPO
 from .test_export_adapter import make_adapter
 
 DATA = REPO / "tests" / "data" / "licenses"
-TEXTS = {"apache-2.0": "apache-2.0.txt", "qwen": "qwen.excerpt.txt", "qwen-research": "qwen-research.txt",
+TEXTS = {"apache-2.0": "apache-2.0.txt", "qwen": "qwen.txt", "qwen-research": "qwen-research.txt",
          "tongyi-qianwen": "tongyi-qianwen.txt"}
 
 
@@ -64,7 +64,7 @@ def test_without_a_licence_file_the_card_front_matter_decides(card, expected, tm
 
 
 @pytest.mark.parametrize("file,card,expected,card_says", [
-    ("qwen.excerpt.txt", "qwen2-vl-72b-instruct.md", "qwen", "tongyi-qianwen"),   # as on the Hub
+    ("qwen.txt", "qwen2-vl-72b-instruct.md", "qwen", "tongyi-qianwen"),   # as on the Hub
     ("qwen-research.txt", "qwen2.5-vl-3b-instruct-relicensed.md", "qwen-research", "mit"),
     ("qwen-research.txt", "qwen2-vl-7b-instruct.md", "qwen-research", "apache-2.0"),
 ])
@@ -75,12 +75,12 @@ def test_when_text_and_card_disagree_the_text_wins_and_it_is_reported(file, card
 
 
 def test_the_same_card_agreeing_with_its_text_reports_nothing(tmp_path):
-    report = classify(folder_with(tmp_path, text("qwen.excerpt.txt"), "qvq-72b-preview.md"))
+    report = classify(folder_with(tmp_path, text("qwen.txt"), "qvq-72b-preview.md"))
     assert report.license == "qwen" and report.disagreement is None
 
 
 @pytest.mark.parametrize("make", [
-    lambda: "\n".join(text("qwen.excerpt.txt").splitlines()[:14]),            # title + definitions only
+    lambda: "\n".join(text("qwen.txt").splitlines()[:14]),            # title + definitions only
     lambda: "\n".join(text("qwen-research.txt").splitlines()[:16]),           # cut before the grant
     lambda: text("qwen-research.txt").replace("Qwen RESEARCH LICENSE AGREEMENT", "Qwen LICENSE AGREEMENT"),
     lambda: text("tongyi-qianwen.txt").replace("to improve any other large language model", "for anything"),
@@ -101,7 +101,7 @@ def test_an_apache_licence_header_is_recognised(tmp_path):
 
 
 def test_license_check_cli_json(tmp_path):
-    folder = folder_with(tmp_path, text("qwen.excerpt.txt"), "qwen2-vl-72b-instruct.md")
+    folder = folder_with(tmp_path, text("qwen.txt"), "qwen2-vl-72b-instruct.md")
     out = subprocess.run([sys.executable, "-m", "qvq_tune", "license", "check", str(folder), "--json"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -119,10 +119,26 @@ def test_license_check_cli_json(tmp_path):
 
 def test_the_packaged_licence_texts_equal_the_recorded_ones():
     packaged = presets.license_files()
-    assert sorted(packaged) == ["apache-2.0", "qwen"]
+    assert sorted(packaged) == ["apache-2.0", "qwen", "qwen-research"]
     for license_id, path in packaged.items():
         assert filecmp.cmp(path, DATA / path.name, shallow=False), path.name
         assert classify_text(presets.license_text(license_id)) == license_id
+
+
+@pytest.mark.parametrize("license_id,sections,last", [
+    ("qwen", 9, "9. Governing Law and Jurisdiction."),
+    ("qwen-research", 9, "9. Other Terms and Conditions."),
+])
+def test_the_qwen_agreements_are_shipped_whole(license_id, sections, last):
+    """The full agreements (every numbered section, the closing clause), not an excerpt:
+    an export copies this text as the base's LICENSE, and the agreement asks that every
+    recipient gets a copy of it."""
+    body = presets.license_text(license_id)
+    numbered = [line for line in body.splitlines() if line[:1].isdigit() and line[1:3] == ". "]
+    assert [int(line.split(".")[0]) for line in numbered] == list(range(1, sections + 1))
+    assert numbered[-1] == last and "[...]" not in body
+    assert "The People's Courts in Hangzhou City shall have exclusive jurisdiction" in body
+    assert len(body.encode()) > 6000
 
 
 def classify_text(body: str) -> str:
@@ -225,3 +241,64 @@ def test_a_refused_export_is_one_line_on_the_cli(tiny_model, adapter, tmp_path):
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "pass --accept-license qwen-research" in lines[0] and "NON-COMMERCIAL" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["adapter", "merge"])
+def test_a_wrong_acceptance_leaves_nothing_at_out(kind, tiny_model, adapter, tmp_path):
+    """Accepting another licence than the base's is refused before anything is written: no
+    folder at --out, no temporary folder or failure report beside it, and an earlier export
+    at --out (replaced only with --force) is left as it was."""
+    from qvq_tune.export.run import AdapterRequest, MergeRequest, export_adapter, export_merge
+    base = licensed_base(tiny_model, tmp_path, "qwen-research")
+    exports = tmp_path / "exports"
+    exports.mkdir()
+
+    def run(out, accept, force=False):
+        if kind == "adapter":
+            return export_adapter(AdapterRequest(out=out, base=base, adapter=adapter, accept_license=accept,
+                                                 force=force))
+        return export_merge(MergeRequest(out=out, base=base, adapter=adapter, accept_license=accept, force=force,
+                                         samples=1))
+    for accept in ("qwen", "apache-2.0", "unknown"):
+        with pytest.raises(UserError, match=f"--accept-license {accept} was given, but .* is qwen-research"):
+            run(exports / "out", accept)
+    assert list(exports.iterdir()) == []
+    earlier = exports / "earlier"
+    earlier.mkdir()
+    (earlier / "README.md").write_text("an earlier export")
+    with pytest.raises(UserError, match="--accept-license qwen was given"):
+        run(earlier, "qwen", force=True)
+    assert [p.name for p in exports.iterdir()] == ["earlier"]
+    assert [p.name for p in earlier.iterdir()] == ["README.md"]
+    assert (earlier / "README.md").read_text() == "an earlier export"
+
+
+@pytest.mark.parametrize("prefix", ["\ufeff", "\n", ""], ids=["byte-order-mark", "leading-newline", "plain"])
+def test_card_front_matter_is_read_as_huggingface_hub_reads_it(prefix, tmp_path):
+    """A README saved with a byte-order mark (Windows editors) or a blank first line still
+    names its licence: the card is read by `huggingface_hub.ModelCard`, as the Hub reads it."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "README.md").write_text(prefix + "---\r\nlicense: other\r\nlicense_name: qwen-research\r\n---\r\n# m\r\n",
+                                      encoding="utf-8")
+    report = classify(folder)
+    assert (report.license, report.source, report.card["license_name"]) == ("qwen-research", "card", "qwen-research")
+
+
+def test_an_export_card_reads_back_through_huggingface_hub(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from qvq_tune.export.card import front_matter, model_card
+    from qvq_tune.models.license import front_matter as read_front_matter
+    base = folder_with(tmp_path, text("qwen-research.txt"), name="base")
+    report = classify(base)
+    meta = front_matter(report, base_model="Qwen/Qwen2.5-VL-3B-Instruct", relation="adapter", library="peft",
+                        tags=["qvq-tune", "lora"], datasets=["train.jsonl"], has_license_file=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text(model_card(meta, "my-export", report, "qwen-research", ["## Training\n\nok"]))
+    card = ModelCard.load(out / "README.md")
+    assert card.data.to_dict() == meta == read_front_matter(out)
+    assert list(card_meta(out)[0]) == list(meta)                         # written in the order given
+    assert card.text.lstrip().startswith("# my-export") and "**Non-commercial.**" in card.text
+    assert "## Training\n\nok" in card.text

@@ -99,3 +99,48 @@ def test_real_model_recipes_pass_check(name, tiny_model, stand_in_data):
     assert json.loads(out.stdout)["name"] == recipe.name
     text = (presets.folder(presets.RECIPES) / f"{name}.yaml").read_text()
     assert "GB" in text.split("\nname:")[0], "the planned memory and hardware are written in the header"
+
+
+# One recipe per check in the config dataclasses: the error names the key the check is
+# about and the line that key is on, raised at the check (no key read back from the message).
+BASE = "name: x\ndata:\n  train: d\n"          # lines 1-3
+CHECKS = [
+    ("lora:\n  r: 0", "lora.r", 5),
+    ("lora:\n  targets: []", "lora.targets", 5),
+    ("optim:\n  grad_accum: 0", "optim.grad_accum", 5),
+    ("optim:\n  vision_lr: -1.0", "optim.vision_lr", 5),
+    ("optim:\n  warmup_steps: -1", "optim.warmup_steps", 5),
+    ("optim:\n  save_total_limit: 0", "optim.save_total_limit", 5),
+    ("optim:\n  min_lr_ratio: 1.5", "optim.min_lr_ratio", 5),
+    ("optim:\n  scheduler: linear\n  min_lr_ratio: 0.1", "optim.min_lr_ratio", 6),
+    ("loss:\n  reasoning_weight: 1.0\n  answer_weight: -1.0", "loss.answer_weight", 6),
+    ("dpo:\n  beta: 0.0", "dpo.beta", 5),
+    ("dpo:\n  sft_weight: -1.0", "dpo.sft_weight", 5),
+    ("profile:\n  start_step: -2", "profile.start_step", 5),
+    ("launch:\n  num_processes: 0", "launch.num_processes", 5),
+    ("method: full\nfreeze:\n  vision: true\n  merger: true\n  language_model: true", "freeze", 5),
+    ("freeze:\n  language_model: true", "freeze.language_model", 5),
+    ("optim:\n  eval_steps: 5", "optim.eval_steps", 5),
+    ("objective: dpo\nloss:\n  reasoning_weight: 0.5", "loss.reasoning_weight", 6),
+    ("dpo:\n  start_adapter: runs/sft", "dpo.start_adapter", 5),
+]
+
+
+@pytest.mark.parametrize("body,key,line", CHECKS, ids=[f"{i}-{k}" for i, (_, k, _) in enumerate(CHECKS)])
+def test_every_check_names_its_key_and_line(body, key, line, tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(BASE + body + "\n")
+    with pytest.raises(UserError) as e:
+        load_recipe(path)
+    assert (e.value.key, e.value.line) == (key, line), str(e.value)
+    assert str(e.value).startswith(f"{path}:{line} [{key}]: ")
+
+
+def test_a_check_raises_with_its_key_when_built_without_a_file():
+    from qvq_tune.train.config import LossConfig, ProfileConfig, RecipeValueError
+    with pytest.raises(RecipeValueError) as e:
+        LossConfig(answer_weight=-1)
+    assert e.value.key == "loss.answer_weight" and "loss.answer_weight" in str(e.value)
+    with pytest.raises(RecipeValueError) as e:
+        ProfileConfig(start_step=-1)
+    assert e.value.key == "profile.start_step"

@@ -3,7 +3,8 @@
 Each field becomes `--field-name` (or `metadata["flag"]`) with its type, default, help,
 `choices` and `metavar` from the field; a `bool` is a switch (`store_false` when its
 default is True); `metadata["parse"]` turns the flag's text into the field's value when
-the dataclass is built (inside the CLI's error handling, so a bad value is one line).
+the dataclass is built (inside the CLI's error handling, so a bad value is one line); a
+field with `metadata["cli"] = False` has no flag (it keeps its default).
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ def _scalar(tp):
     return tp if tp in (int, float, str) else str
 
 
+def _flag_fields(cls) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    for f in _flag_fields(cls):
         meta, tp = f.metadata, hints[f.name]
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
         kwargs: dict = {"dest": f.name, "help": meta.get("help")}
@@ -50,7 +55,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
 def dataclass_from_arguments(cls, args: argparse.Namespace, **changes):
     """The dataclass with every field taken from parsed `args` (then `changes`)."""
     values = {}
-    for f in dataclasses.fields(cls):
+    for f in _flag_fields(cls):
         value = getattr(args, f.name)
         parse = f.metadata.get("parse")
         values[f.name] = parse(value) if parse is not None and isinstance(value, str) else value

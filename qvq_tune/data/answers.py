@@ -250,6 +250,3 @@ def match_answer(predicted: str | None, reference: str, choices=None, rel_tol: f
     close = pv == rv or math.isclose(float(pv), float(rv), rel_tol=rel_tol, abs_tol=1e-12)
     return "numeric" if close else None
 
-
-def answers_match(predicted: str | None, reference: str, choices=None) -> bool:
-    return match_answer(predicted, reference, choices) is not None

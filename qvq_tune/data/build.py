@@ -32,6 +32,10 @@ window of chunks in flight, so input streams through in constant memory and come
 out in input order whatever the worker count. A re-run whose fingerprint (input file
 sizes and mtimes, settings, processor and template files, code) and media files are
 unchanged returns the previous report with `cached: true`.
+
+This module keeps the flow; the settings are `build_config.BuildConfig`, the fingerprint
+and its cache check `fingerprint.py`, the staged datasets, their publication and the
+report `writers.py` (shared with `data/merge.py`).
 """
 
 from __future__ import annotations
@@ -44,121 +48,25 @@ import shutil
 import time
 from collections import Counter, deque
 from contextlib import closing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
-from .. import __version__
 from ..errors import UserError
-from ..paths import atomic_dir, write_json_atomic
+from ..paths import write_json_atomic
+from .build_config import BuildConfig
 from .files import input_files, iter_file
-from .media import DEFAULT_MAX_IMAGE_PIXELS, MediaOptions, MediaResolver, file_stat
+from .fingerprint import cached_report, processor_hash
+from .fingerprint import fingerprint as build_fingerprint
+from .media import MediaOptions, MediaResolver
 from .messages import Conversation, Origin, Turn
-from .quarantine import RecordError, quarantine_row
-from .readers import FORMATS as INPUT_FORMATS
-from .readers import ReaderOptions, parse, parse_columns
-from .video import DEFAULT_FPS, DEFAULT_MAX_FRAMES
-from .reasoning import FORMATS as REASONING_FORMATS
-from .reasoning import PAIR_CUTS
+from .quarantine import QuarantineWriter, RecordError, quarantine_row
+from .readers import ReaderOptions, parse
 from .render import RenderError, RenderOptions, SampleRenderer
-from .trace_filters import DEFAULT_MAX_TRACE_TOKENS, FILTERS, check_replies, parse_filters
+from .trace_filters import DEFAULT_MAX_TRACE_TOKENS, check_replies
+from .writers import CACHE, MEDIA_DIR, QUARANTINE, REPORT, SampleWriters, make_report, publish_outputs, summary_line
 
 CHUNK = 64                   # records per task sent to a worker
-REPORT, CACHE, QUARANTINE, HISTOGRAM = "report.json", "cache.json", "quarantine.jsonl", "lengths.png"
-SFT_DIR, DPO_DIR, MEDIA_DIR = "dataset", "preference", "media"
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
-
-
-def _option(default, help: str, **meta):
-    """A BuildConfig field: its `data build` flag is generated from it (`cli/args.py`), and
-    it enters the build fingerprint unless `fingerprint=False` (it cannot change the output)."""
-    if isinstance(default, dict):
-        return field(default_factory=dict, metadata={"help": help, **meta})
-    return field(default=default, metadata={"help": help, **meta})
-
-
-@dataclass
-class BuildConfig:
-    """Settings of one build; each field is a `qvq-tune data build` flag."""
-    input: str = field(metadata={"help": ".jsonl/.json/.parquet/.arrow file, HF datasets folder, or a folder of them",
-                                 "metavar": "FILE_OR_DIR"})
-    model: str = field(metadata={"help": "checkpoint folder, 'tiny' (the embedded base), or a family name "
-                                         "(a tiny offline model of it is built)",
-                                 "metavar": "DIR_OR_FAMILY", "fingerprint": False})   # model_info covers it
-    out: str = field(metadata={"help": "output folder", "metavar": "DIR"})
-    format: str = _option("auto", "input format (auto: detected per record)", choices=INPUT_FORMATS)
-    image_root: str | None = _option(None, "folder relative media paths start from, and must stay inside "
-                                           "(default: the input file's folder)", metavar="DIR")
-    reasoning: str | None = _option(None, "how replies are written (default: the model's style)",
-                                    choices=REASONING_FORMATS)
-    min_pixels: int | None = _option(None, "processor min pixels per image / video frame", metavar="N")
-    max_pixels: int | None = _option(None, "processor max pixels per image / video frame", metavar="N")
-    max_tokens: int | None = _option(None, "quarantine samples longer than N tokens", metavar="N")
-    truncate: bool = _option(False, "fit samples over --max-tokens: drop the earliest exchanges, then cut "
-                                    "the middle of the reasoning trace (never the answer)")
-    strict: bool = _option(False, "stop at the first bad record")
-    keep_duplicates: bool = _option(False, "keep exact duplicates (by default they are quarantined)")
-    num_shards: int = _option(1, "split the input into N slices built separately (e.g. a Slurm array); "
-                                 "join them with `qvq-tune data merge`", metavar="N")
-    shard_index: int = _option(0, "the slice this build makes, 0 .. N-1", metavar="I")
-    columns: dict[str, str] = _option({}, "rename your fields, e.g. question=problem,answer=solution",
-                                      metavar="CANONICAL=YOURS,...", parse=parse_columns)
-    allow_remote: bool = _option(False, "download http(s) media")
-    workers: int | None = _option(None, "processes (default: min(4, CPUs))", metavar="N", fingerprint=False)
-    system: str | None = _option(None, "system prompt for records without one", metavar="TEXT")
-    fps: float = _option(DEFAULT_FPS, "video frames sampled per second")
-    max_frames: int = _option(DEFAULT_MAX_FRAMES, "frames per video at most")
-    max_image_pixels: int = _option(DEFAULT_MAX_IMAGE_PIXELS,
-                                    "larger images are quarantined (decompression-bomb guard)")
-    pair_cut: str = _option("none", "cut preference pairs where chosen and rejected first differ: at the "
-                                    "divergence point (word) or at reasoning-step boundaries; the shared "
-                                    "start joins the prompt", choices=PAIR_CUTS)
-    reuse: bool = _option(True, "rebuild even if nothing changed", flag="--no-cache", fingerprint=False)
-    filters: tuple[str, ...] = _option((), "quarantine replies that fail these reasoning checks: "
-                                       + ", ".join(FILTERS), flag="--filter", metavar="CHECK,...",
-                                       parse=parse_filters)
-    max_trace_tokens: int = _option(DEFAULT_MAX_TRACE_TOKENS, "--filter too-long: longest reasoning trace kept",
-                                    metavar="N")
-
-    def __post_init__(self):
-        if self.format not in INPUT_FORMATS:
-            raise UserError(f"unknown --format {self.format!r}; choose from {', '.join(INPUT_FORMATS)}",
-                            key="format")
-        if self.pair_cut not in PAIR_CUTS:
-            raise UserError(f"unknown --pair-cut {self.pair_cut!r}; choose from {', '.join(PAIR_CUTS)}",
-                            key="pair_cut")
-        if self.reasoning is not None and self.reasoning not in REASONING_FORMATS:
-            raise UserError(f"unknown --reasoning {self.reasoning!r}; choose from "
-                            f"{', '.join(REASONING_FORMATS)}", key="reasoning")
-        self.filters = parse_filters(self.filters if isinstance(self.filters, str) else ",".join(self.filters))
-        for name in ("min_pixels", "max_pixels", "max_tokens", "workers", "max_frames", "max_image_pixels",
-                     "max_trace_tokens", "num_shards"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}",
-                                key=name)
-        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
-            raise UserError(f"--min-pixels {self.min_pixels} is larger than --max-pixels {self.max_pixels}",
-                            key="min_pixels")
-        if self.max_frames < 2:
-            raise UserError("--max-frames must be at least 2 (the processor's temporal patch)", key="max_frames")
-        if not self.fps > 0:
-            raise UserError(f"--fps must be positive, got {self.fps!r}", key="fps")
-        if not isinstance(self.shard_index, int) or not 0 <= self.shard_index < self.num_shards:
-            raise UserError(f"--shard-index must be 0 .. {self.num_shards - 1} (--num-shards {self.num_shards}), "
-                            f"got {self.shard_index!r}", key="shard_index")
-        if self.truncate and not self.max_tokens:
-            raise UserError("--truncate needs --max-tokens", key="truncate")
-        if not Path(self.input).exists():
-            raise UserError("input does not exist", path=self.input)
-        if self.image_root is not None and not Path(self.image_root).is_dir():
-            raise UserError("--image-root is not a folder", path=self.image_root)
-        inp, out = Path(self.input).resolve(), Path(self.out).resolve()
-        if inp.is_dir() and out.is_relative_to(inp):
-            raise UserError("--out is inside the input folder, so a later build would read its own "
-                            "output; choose an output folder elsewhere", path=self.out)
-        if out.exists() and not out.is_dir():
-            raise UserError("--out exists and is not a folder", path=self.out)
 
 
 # ---- workers -----------------------------------------------------------------------------
@@ -305,100 +213,6 @@ def content_key(example, media) -> bytes:
     return hashlib.sha256(json.dumps(body, ensure_ascii=False).encode()).digest()[:16]
 
 
-# ---- output -------------------------------------------------------------------------------
-def _features(kind: str):
-    from datasets import Features, List, Value
-    ids, paths, grids = List(Value("int32")), List(Value("string")), List(List(Value("int32")))
-    media = {"images": paths, "image_grid_thw": grids, "videos": paths, "video_grid_thw": grids}
-    origin = {"id": Value("string"), "source": Value("string"), "line": Value("int64"),
-              "index": Value("int64"), "record_index": Value("int64"), "content_key": Value("string")}
-    if kind == "sft":
-        cols = {"input_ids": ids, "labels": ids, "label_span": List(Value("int8")),
-                "loss_weights": List(Value("float32")), **media, "num_tokens": Value("int32"),
-                "num_label_tokens": Value("int32"), "num_vision_tokens": Value("int32"),
-                "reasoning_chars": Value("int32"), "truncated": Value("bool")}
-    else:
-        cols = {"prompt_input_ids": ids, "chosen_input_ids": ids, "rejected_input_ids": ids, **media,
-                "num_tokens": Value("int32"), "num_vision_tokens": Value("int32")}
-    return Features({**cols, **origin})
-
-
-class SampleWriters:
-    """Streams samples into one staged Arrow file per kind."""
-
-    def __init__(self, stage: Path):
-        self.stage = stage
-        self._writers: dict = {}
-        self.counts = Counter()
-
-    def write(self, kind: str, sample: dict) -> None:
-        if kind not in self._writers:
-            from datasets.arrow_writer import ArrowWriter
-            self._writers[kind] = ArrowWriter(features=_features(kind), path=str(self.stage / f"{kind}.arrow"))
-        self._writers[kind].write(sample)
-        self.counts[kind] += 1
-
-    def finish(self) -> dict:
-        """kind -> memory-mapped staged Dataset (SFT always present, possibly empty)."""
-        from datasets import Dataset
-        if "sft" not in self._writers and "dpo" not in self._writers:
-            self.write_empty("sft")
-        out = {}
-        for kind, writer in self._writers.items():
-            writer.finalize()
-            out[kind] = Dataset.from_file(str(self.stage / f"{kind}.arrow"))
-        return out
-
-    def write_empty(self, kind: str) -> None:
-        from datasets.arrow_writer import ArrowWriter
-        self._writers[kind] = ArrowWriter(features=_features(kind), path=str(self.stage / f"{kind}.arrow"))
-
-
-# ---- fingerprint and cache ---------------------------------------------------------------
-def _source_hash(paths) -> str:
-    h = hashlib.sha256()
-    for p in sorted(str(p) for p in paths):
-        h.update(Path(p).name.encode() + b"\0" + Path(p).read_bytes())
-    return h.hexdigest()
-
-
-def code_version() -> str:
-    """Package version plus a hash of the data-stage sources."""
-    here = Path(__file__).parent
-    return f"{__version__}+{_source_hash(here.rglob('*.py'))[:12]}"
-
-
-def processor_hash(model_dir: Path) -> str:
-    """Hash of everything in a checkpoint folder but the weights (tokenizer, template, processor)."""
-    files = [p for p in sorted(model_dir.iterdir()) if p.is_file() and p.suffix not in _WEIGHT_SUFFIXES]
-    return _source_hash(files)
-
-
-def _file_stats(files: list[Path]) -> list:
-    out = []
-    for f in files:
-        for p in ([f] if f.is_file() else sorted(q for q in f.rglob("*") if q.is_file())):
-            st = p.stat()
-            out.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
-    return out
-
-
-def _cached_report(out: Path, fingerprint: str) -> dict | None:
-    try:
-        report = json.loads((out / REPORT).read_text())
-        cache = json.loads((out / CACHE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if report.get("fingerprint") != fingerprint or cache.get("fingerprint") != fingerprint:
-        return None
-    if any(p and not Path(p).exists() for p in report.get("outputs", {}).values()):
-        return None
-    for path, stat in cache.get("media", {}).items():
-        if file_stat(path) != (tuple(stat) if stat else None):
-            return None
-    return report
-
-
 # ---- the build ---------------------------------------------------------------------------
 def build(config: BuildConfig, *, log=None, progress: bool = False) -> dict:
     """Build OUT from the input; returns the report (also written to OUT/report.json)."""
@@ -415,10 +229,8 @@ def build(config: BuildConfig, *, log=None, progress: bool = False) -> dict:
     settings = _settings(config, detected, out)
     model_info = {"path": str(model_dir), "family": detected.family, "checkpoint": detected.checkpoint,
                   "processor_hash": processor_hash(model_dir)}
-    fingerprint = hashlib.sha256(json.dumps(
-        {"inputs": _file_stats(files), "settings": settings, "model": model_info, "code": code_version()},
-        sort_keys=True).encode()).hexdigest()
-    if config.reuse and (cached := _cached_report(out, fingerprint)) is not None:
+    fingerprint = build_fingerprint(files, settings, model_info)
+    if config.reuse and (cached := cached_report(out / REPORT, out / CACHE, fingerprint)) is not None:
         log(f"input, settings, model and code unchanged: reusing the build in {out} "
             f"(fingerprint {fingerprint[:12]}); {summary_line(cached)}")
         return {**cached, "cached": True}
@@ -466,14 +278,12 @@ def _process(config, spec, files, workers, stage, progress):
 
     writers = SampleWriters(stage)
     dedup = Deduplicator(config.keep_duplicates)
-    reasons: Counter = Counter()
     aliases: Counter = Counter()
     media_index: dict = {}
     n_input = 0
     bar = tqdm(desc="data build", unit=" records", disable=not progress)
     chunks = _chunks(files, config.image_root, config.num_shards, config.shard_index)
-    with open(stage / QUARANTINE, "w", encoding="utf-8") as qfile, \
-            closing(_results(spec, chunks, workers)) as results:
+    with QuarantineWriter(stage / QUARANTINE) as quarantine, closing(_results(spec, chunks, workers)) as results:
         for (_, items), outcomes, touched in results:
             media_index.update(touched)
             for (origin, raw, _, position), (kind, payload, key, applied) in zip(items, outcomes):
@@ -488,10 +298,8 @@ def _process(config, spec, files, workers, stage, progress):
                     code, message, field_ = payload
                     if config.strict:
                         raise _strict_error(origin, code, message, field_)
-                    reasons[code] += 1
-                    row = quarantine_row(origin, code, message, raw, field_, record_index=position,
-                                         content_key=key.hex() if code == "duplicate" else None)
-                    qfile.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    quarantine.write(quarantine_row(origin, code, message, raw, field_, record_index=position,
+                                                    content_key=key.hex() if code == "duplicate" else None))
                 else:
                     writers.write(kind, payload)
             bar.update(len(items))
@@ -499,7 +307,7 @@ def _process(config, spec, files, workers, stage, progress):
     media_index = {p: (list(s) if s else None) for p, s in sorted(media_index.items())}
     counts = {"input": n_input, "sft": writers.counts["sft"], "dpo": writers.counts["dpo"],
               "duplicates_kept": dedup.kept, "aliases": dict(sorted(aliases.items()))}
-    return counts, reasons, media_index, writers.finish()
+    return counts, quarantine.counts, media_index, writers.finish()
 
 
 class Deduplicator:
@@ -528,75 +336,3 @@ def _strict_error(origin: Origin, code: str, message: str, field_: str | None) -
     where = f"record {origin.index}: " if origin.index is not None else ""
     return UserError(f"{where}{code}: {message} (--strict stops at the first bad record; without it "
                      "bad records go to quarantine.jsonl)", path=origin.source, line=origin.line, key=field_)
-
-
-def publish_outputs(out: Path, stage: Path, staged: dict) -> dict:
-    """Move the staged outputs into place; drop outputs a previous build left that this one lacks."""
-    import datasets
-
-    outputs = {"dataset": None, "preference": None}
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        for kind, name, key in (("sft", SFT_DIR, "dataset"), ("dpo", DPO_DIR, "preference")):
-            if kind in staged:
-                with atomic_dir(out / name) as tmp:
-                    staged[kind].save_to_disk(str(tmp))
-                outputs[key] = str(out / name)
-            else:
-                shutil.rmtree(out / name, ignore_errors=True)
-    finally:
-        if bars:
-            datasets.enable_progress_bars()
-    os.replace(stage / QUARANTINE, out / QUARANTINE)
-    outputs["quarantine"] = str(out / QUARANTINE)
-    outputs["media"] = str(out / MEDIA_DIR) if (out / MEDIA_DIR).is_dir() else None
-    return outputs
-
-
-def make_report(out, max_tokens, counts, reasons, staged, outputs, settings, model_info, fingerprint, workers,
-                seconds) -> dict:
-    """The report of a build (or a merge) from its counts and its staged datasets."""
-    from .report import length_histogram, preference_stats, sft_stats
-
-    kept = counts["sft"] + counts["dpo"]
-    truncated = int(sum(staged["sft"].data.column("truncated").to_pylist())) if "sft" in staged else 0
-    quarantined = sum(reasons.values())
-    if counts["input"] != kept + quarantined:     # a bug, never a user error
-        raise AssertionError(f"record accounting broke: {counts} vs {quarantined} quarantined")
-    stats, lengths = {}, {}
-    if "sft" in staged:
-        stats["sft"] = sft_stats(staged["sft"])
-        lengths["sft"] = staged["sft"].data.column("num_tokens").to_numpy()
-    if "dpo" in staged:
-        stats["preference"] = preference_stats(staged["dpo"])
-        lengths["preference"] = staged["dpo"].data.column("num_tokens").to_numpy()
-    length_histogram(out / HISTOGRAM, lengths, max_tokens=max_tokens)
-    outputs["histogram"] = str(out / HISTOGRAM)
-    return {
-        "input_records": counts["input"], "kept": kept, "quarantined": quarantined,
-        "invariant": "input_records == kept + quarantined",
-        "kept_sft": counts["sft"], "kept_preference": counts["dpo"],
-        "quarantine_reasons": dict(sorted(reasons.items())),
-        "truncated": truncated, "duplicates_kept": counts["duplicates_kept"],
-        "field_aliases": counts["aliases"],
-        "stats": stats,
-        "seconds": round(seconds, 3),
-        "records_per_second": round(counts["input"] / seconds, 1) if seconds > 0 else None,
-        "samples_per_second": round(kept / seconds, 1) if seconds > 0 else None,
-        "workers": workers, "settings": settings, "model": model_info, "code_version": code_version(),
-        "fingerprint": fingerprint, "outputs": outputs, "cached": False,
-    }
-
-
-def summary_line(report: dict) -> str:
-    reasons = ", ".join(f"{k} {v}" for k, v in report["quarantine_reasons"].items())
-    line = (f"{report['input_records']} input records = {report['kept']} kept + "
-            f"{report['quarantined']} quarantined")
-    if reasons:
-        line += f" ({reasons})"
-    if report.get("truncated"):
-        line += f"; {report['truncated']} truncated"
-    if report.get("field_aliases"):
-        line += "; fields read as " + "; ".join(f"{k} ({v})" for k, v in report["field_aliases"].items())
-    return line + f"; {report['records_per_second']} records/s"

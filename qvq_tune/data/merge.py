@@ -27,11 +27,13 @@ from typing import Iterator
 
 from ..errors import UserError
 from ..paths import write_json_atomic
-from .build import (CACHE, DPO_DIR, MEDIA_DIR, QUARANTINE, REPORT, SFT_DIR, Deduplicator, SampleWriters,
-                    code_version, duplicate_message, make_report, publish_outputs, summary_line)
+from .build import Deduplicator, duplicate_message
+from .fingerprint import code_version
 from .files import iter_raw
 from .messages import Origin
-from .quarantine import RecordError, excerpt, quarantine_row
+from .quarantine import QuarantineWriter, RecordError, excerpt, quarantine_row
+from .writers import (CACHE, DPO_DIR, MEDIA_DIR, QUARANTINE, REPORT, SFT_DIR, SampleWriters, make_report,
+                      publish_outputs, summary_line)
 
 # Settings that may differ between the shards of one build.
 PER_SHARD = ("shard_index", "out")
@@ -153,11 +155,10 @@ def _join(shards: list[Shard], settings: dict, out: Path, stage: Path, log):
     """Every shard's rows in input order into staged datasets and one quarantine file."""
     writers = SampleWriters(stage)
     dedup = Deduplicator(settings["keep_duplicates"])
-    reasons: Counter = Counter()
     refetch: dict[int, int] = {}               # record_index -> its line in the quarantine file
     n_input = 0
     media = os.path.join(str(out), MEDIA_DIR) + os.sep
-    with open(stage / QUARANTINE, "w", encoding="utf-8") as qfile:
+    with QuarantineWriter(stage / QUARANTINE) as quarantine:
         for position, shard_no, kind, row in heapq.merge(*(s.rows(i) for i, s in enumerate(shards)),
                                                           key=lambda t: t[0]):
             n_input += 1
@@ -171,16 +172,15 @@ def _join(shards: list[Shard], settings: dict, out: Path, stage: Path, log):
                 if first is None:
                     writers.write(kind, _rebase(row, shards[shard_no].media_prefix, media))
                     continue
-                refetch[position] = sum(reasons.values())
+                refetch[position] = quarantine.total
                 row = quarantine_row(origin, "duplicate", duplicate_message(first), None,
                                      record_index=position, content_key=row["content_key"])
-            reasons[row["reason"]] += 1
-            qfile.write(json.dumps(row, ensure_ascii=False) + "\n")
+            quarantine.write(row)
     if refetch:
         _restore_records(stage / QUARANTINE, refetch, settings["input"], log)
     counts = {"input": n_input, "sft": writers.counts["sft"], "dpo": writers.counts["dpo"],
               "duplicates_kept": dedup.kept}
-    return counts, reasons, writers.finish()
+    return counts, quarantine.counts, writers.finish()
 
 
 def _rebase(row: dict, old: str, new: str) -> dict:

@@ -1,4 +1,5 @@
-"""Bad records: the closed set of reason codes, the error readers raise, and the writer.
+"""Bad records: the closed set of reason codes, the error readers raise, and the writer
+(`QuarantineWriter`, used by the build and the merge).
 
 Every input record ends either as a sample or as one row of `quarantine.jsonl`:
 `{"source", "line" | "index", "record_index", "reason", "message", "field"?, "content_key"?,
@@ -10,6 +11,7 @@ only) the hash the first copy was kept under.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 from .messages import Origin
@@ -81,17 +83,16 @@ def quarantine_row(origin: Origin, code: str, message: str, record, field: str |
 
 
 class QuarantineWriter:
-    """Appends rows to `quarantine.jsonl`, counting reasons."""
+    """Writes `quarantine.jsonl` one row at a time (the build's and the merge's), counting reasons."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "w", encoding="utf-8")
-        self.counts: dict[str, int] = {}
+        self.counts: Counter = Counter()
 
     def write(self, row: dict) -> None:
         self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self.counts[row["reason"]] = self.counts.get(row["reason"], 0) + 1
+        self.counts[row["reason"]] += 1
 
     @property
     def total(self) -> int:

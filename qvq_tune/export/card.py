@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from datetime import date
 
-import yaml
-
 from ..models.license import LicenseReport
 from .adapter import Adapter
 
@@ -35,8 +33,11 @@ def front_matter(report: LicenseReport, *, base_model: str, relation: str, libra
 
 
 def model_card(meta: dict, title: str, report: LicenseReport, accepted: str | None, sections: list[str]) -> str:
+    """The card's text, front matter written by `huggingface_hub.ModelCardData` (in `meta`'s order)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     terms = report.terms
-    lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(), "---", "", f"# {title}", ""]
+    lines = [f"# {title}", ""]
     if terms.attribution:
         lines += [f"**{terms.attribution}.**", ""]
     if terms.banner:
@@ -50,7 +51,8 @@ def model_card(meta: dict, title: str, report: LicenseReport, accepted: str | No
     lines += ["", "Conditions:", ""] + [f"- {c}" for c in terms.conditions] + [""]
     for section in sections:
         lines += [section.rstrip(), ""]
-    return "\n".join(lines)
+    card = ModelCard(f"---\n{ModelCardData(**meta).to_yaml(original_order=list(meta))}\n---\n\n" + "\n".join(lines))
+    return str(card)
 
 
 def training_section(method: str | None, adapter: Adapter, train_report: dict | None) -> str:

@@ -17,9 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from ..errors import UserError
 from ..models.detect import IDENTITY_FILE, detect
@@ -35,43 +33,12 @@ from .names import NameIndex
 from .nf4 import rounding_for
 from .package import copy_license, sha256sums, write_notice
 from .proof import peak_rss_mb, prove
+from .requests import AdapterRequest, MergeRequest
 from .sources import Sources, dataset_names, proof_batch
 from .vllm import for_vllm, serve_command
 
 REPORT = "export_report.json"
-DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32",
-               "bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 COPIED_FILES = ("config.json", "generation_config.json")
-
-
-@dataclass
-class MergeRequest:
-    out: str | Path
-    run: str | Path | None = None
-    base: str | Path | None = None
-    adapter: str | Path | None = None
-    data: str | Path | None = None            # samples for the proof (default: the run's training data)
-    dtype: str = "bfloat16"
-    accept_license: str | None = None
-    force: bool = False
-    samples: int = 4
-    qlora: bool = False                       # --base/--adapter: the adapter was trained on a 4-bit (nf4) base
-    evaluation: dict | None = None            # results to show on the model card
-    base_weights: Literal["original", "as-trained"] = "original"   # as-trained: into the 4-bit rounding (QLoRA)
-
-
-@dataclass
-class AdapterRequest:
-    out: str | Path
-    target: Literal["peft", "vllm"] = "peft"
-    run: str | Path | None = None
-    base: str | Path | None = None
-    adapter: str | Path | None = None
-    max_lora_rank: int | None = None
-    tower_lora: bool = False
-    accept_license: str | None = None
-    force: bool = False
-    evaluation: dict | None = None
 
 
 class ExportFailed(UserError):
@@ -152,25 +119,19 @@ def _fail(out: Path, report: dict, message: str):
 
 
 def export_merge(req: MergeRequest) -> dict:
-    out = Path(req.out).absolute()
-    dtype = DTYPE_NAMES.get(req.dtype)
-    if dtype is None:
-        raise UserError(f"--dtype must be one of bf16, fp16, fp32 (got {req.dtype!r})", key="dtype")
+    out, dtype = Path(req.out).absolute(), req.torch_dtype
     src = Sources.resolve(req.run, req.base, req.adapter, req.data, req.qlora)
+    as_trained = req.base_weights == "as-trained"
+    if as_trained and src.quantized is None:
+        raise UserError("--base-weights as-trained applies to a QLoRA adapter (a run with method qlora, or "
+                        "--qlora with --base/--adapter): a LoRA adapter was trained on the original weights",
+                        key="base_weights")
     licence = gate(src.base, req.accept_license)
     family = _family(src.base)
     adapter = Adapter.load(src.adapter_dir)
     shards = base_shards(src.base)
     plan = plan_merge(adapter, shards, family.weight_prefix_aliases)
-    if req.base_weights not in ("original", "as-trained"):
-        raise UserError(f"--base-weights must be original or as-trained (got {req.base_weights!r})",
-                        key="base_weights")
-    as_trained = req.base_weights == "as-trained"
     if as_trained:
-        if src.quantized is None:
-            raise UserError("--base-weights as-trained applies to a QLoRA adapter (a run with method qlora, or "
-                            "--qlora with --base/--adapter): a LoRA adapter was trained on the original weights",
-                            key="base_weights")
         plan.rounding = rounding_for(src.base, family.quant_skip_modules, (n for s in shards for n in s.names),
                                      family.weight_prefix_aliases, src.quantized)
     _check_target(out, req.force)
@@ -216,8 +177,6 @@ class _ProofFailed(Exception):
 
 def export_adapter(req: AdapterRequest) -> dict:
     out = Path(req.out).absolute()
-    if req.target not in ("peft", "vllm"):
-        raise UserError("--target must be peft or vllm", key="target")
     src = Sources.resolve(req.run, req.base, req.adapter)
     licence = gate(src.base, req.accept_license)
     family = _family(src.base)

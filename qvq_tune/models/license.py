@@ -21,7 +21,7 @@ from typing import Literal
 
 import yaml
 
-LicenseId = Literal["apache-2.0", "qwen", "qwen-research", "tongyi-qianwen", "unknown"]
+LicenseId = str                        # a key of LICENSES (LICENSE_IDS), the one list of licence ids
 CommercialUse = Literal["yes", "conditional", "no", "unknown"]
 
 
@@ -90,6 +90,7 @@ LICENSES: dict[str, LicenseTerms] = {t.id: t for t in (
         id="unknown", name="unrecognised licence", commercial_use="unknown", requires_acceptance=True,
         conditions=("the licence could not be identified: read it yourself before redistributing",)),
 )}
+LICENSE_IDS = tuple(LICENSES)          # what `--accept-license` takes; the one list of licence ids
 
 
 # ---- clauses ------------------------------------------------------------------------------
@@ -212,18 +213,17 @@ def recognise(clauses: dict) -> list[str]:
 
 
 def front_matter(model_dir: str | Path) -> dict:
-    """The model card's YAML front matter (`README.md`), or {} when there is none or it is not YAML."""
+    """The model card's YAML front matter (`README.md`, read by `huggingface_hub.ModelCard`), or {}
+    when there is none or it is not a YAML mapping."""
+    from huggingface_hub import ModelCard
+
     card = Path(model_dir) / "README.md"
     if not card.is_file():
         return {}
-    m = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", card.read_text(encoding="utf-8", errors="replace"), re.S)
-    if not m:
-        return {}
     try:
-        data = yaml.safe_load(m.group(1))
-    except yaml.YAMLError:
+        return ModelCard.load(card, ignore_metadata_errors=True).data.to_dict()
+    except (yaml.YAMLError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def card_license(meta: dict) -> str | None:

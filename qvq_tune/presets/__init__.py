@@ -33,8 +33,8 @@ def find(kind: str, name: str) -> Path | None:
 
 
 def license_files() -> dict[str, Path]:
-    """Licence id -> its packaged text (`ID.txt`, or `ID.excerpt.txt` for a verified excerpt)."""
-    return {p.name.removesuffix(".txt").removesuffix(".excerpt"): p for p in sorted(folder(LICENSES).glob("*.txt"))}
+    """Licence id -> its packaged full text (`ID.txt`)."""
+    return {p.stem: p for p in sorted(folder(LICENSES).glob("*.txt"))}
 
 
 def license_text(license_id: str) -> str:

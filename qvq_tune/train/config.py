@@ -27,6 +27,20 @@ DpoLoss = Literal["sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", 
                   "apo_down", "sigmoid_norm"]
 
 
+class RecipeValueError(ValueError):
+    """A bad recipe value; `key` is the dotted key at fault (None: the recipe as a whole).
+    Every check raises it with its key, so the line of that key can be shown."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
+def invalid(key: str, problem: str) -> RecipeValueError:
+    """`invalid("lora.r", "must be positive")`: the error "lora.r must be positive", at lora.r."""
+    return RecipeValueError(f"{key} {problem}", key)
+
+
 @dataclass
 class DataConfig:
     train: str = ""                       # a folder written by `qvq-tune data build` (or its dataset/ / preference/)
@@ -55,9 +69,9 @@ class LoraConfig:
 
     def __post_init__(self):
         if self.r <= 0:
-            raise ValueError("lora.r must be positive")
+            raise invalid("lora.r", "must be positive")
         if isinstance(self.targets, list) and not self.targets:
-            raise ValueError("lora.targets must name at least one module (or be left out)")
+            raise invalid("lora.targets", "must name at least one module (or be left out)")
 
 
 @dataclass
@@ -100,19 +114,19 @@ class OptimConfig:
     def __post_init__(self):
         for key in ("max_steps", "per_device_batch_size", "grad_accum", "logging_steps"):
             if getattr(self, key) <= 0:
-                raise ValueError(f"optim.{key} must be positive")
+                raise invalid(f"optim.{key}", "must be positive")
         for key in ("lr", "vision_lr", "merger_lr"):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
-                raise ValueError(f"optim.{key} must be positive")
+                raise invalid(f"optim.{key}", "must be positive")
         for key in ("save_steps", "eval_steps", "warmup_steps"):
             if getattr(self, key) < 0:
-                raise ValueError(f"optim.{key} must be >= 0")
+                raise invalid(f"optim.{key}", "must be >= 0")
         if self.save_total_limit is not None and self.save_total_limit < 1:
-            raise ValueError("optim.save_total_limit must be >= 1")
+            raise invalid("optim.save_total_limit", "must be >= 1")
         if not 0 <= self.min_lr_ratio < 1:
-            raise ValueError("optim.min_lr_ratio must be in [0, 1)")
+            raise invalid("optim.min_lr_ratio", "must be in [0, 1)")
         if self.min_lr_ratio and self.scheduler != "cosine":
-            raise ValueError("optim.min_lr_ratio needs optim.scheduler: cosine")
+            raise invalid("optim.min_lr_ratio", "needs optim.scheduler: cosine")
 
 
 @dataclass
@@ -122,8 +136,9 @@ class LossConfig:
     answer_weight: float = 1.0
 
     def __post_init__(self):
-        if self.reasoning_weight < 0 or self.answer_weight < 0:
-            raise ValueError("loss weights must be >= 0")
+        for key in ("reasoning_weight", "answer_weight"):
+            if getattr(self, key) < 0:
+                raise invalid(f"loss.{key}", "must be >= 0")
 
 
 @dataclass
@@ -136,9 +151,9 @@ class DpoConfig:
 
     def __post_init__(self):
         if self.beta <= 0:
-            raise ValueError("dpo.beta must be positive")
+            raise invalid("dpo.beta", "must be positive")
         if self.sft_weight < 0:
-            raise ValueError("dpo.sft_weight must be >= 0")
+            raise invalid("dpo.sft_weight", "must be >= 0")
 
 
 @dataclass
@@ -154,8 +169,9 @@ class ProfileConfig:
     trace: bool = False                   # also a Chrome trace per rank
 
     def __post_init__(self):
-        if self.steps < 0 or self.start_step < 0:
-            raise ValueError("profile.steps and profile.start_step must be >= 0")
+        for key in ("steps", "start_step"):
+            if getattr(self, key) < 0:
+                raise invalid(f"profile.{key}", "must be >= 0")
 
 
 @dataclass
@@ -186,30 +202,32 @@ class Recipe:
 
     def __post_init__(self):
         if not self.data.train:
-            raise ValueError("data.train is required (a folder written by `qvq-tune data build`)")
+            raise invalid("data.train", "is required (a folder written by `qvq-tune data build`)")
         if self.launch.num_processes < 1:
-            raise ValueError("launch.num_processes must be >= 1")
+            raise invalid("launch.num_processes", "must be >= 1")
         if self.objective == "dpo" and self.method == "full":
-            raise ValueError("objective dpo needs method lora or qlora: the reference model is the starting "
-                             "policy with its adapter frozen or disabled, never a second full copy of the weights")
+            raise RecipeValueError("objective dpo needs method lora or qlora: the reference model is the starting "
+                                   "policy with its adapter frozen or disabled, never a second full copy of the "
+                                   "weights", "objective")
         if self.objective == "dpo" and (self.loss.reasoning_weight != 1 or self.loss.answer_weight != 1):
-            raise ValueError("loss.reasoning_weight / loss.answer_weight apply to objective sft only")
+            key = "loss.reasoning_weight" if self.loss.reasoning_weight != 1 else "loss.answer_weight"
+            raise RecipeValueError("loss.reasoning_weight / loss.answer_weight apply to objective sft only", key)
         if self.method == "full" and self.freeze.vision and self.freeze.merger and self.freeze.language_model:
-            raise ValueError("freeze: every part is frozen, nothing would train")
+            raise RecipeValueError("freeze: every part is frozen, nothing would train", "freeze")
         if self.method != "full" and self.freeze.language_model is not False:
-            raise ValueError("freeze.language_model applies to method full (LoRA keeps the base frozen)")
+            raise invalid("freeze.language_model", "applies to method full (LoRA keeps the base frozen)")
         if self.optim.eval_steps and not self.data.eval:
-            raise ValueError("optim.eval_steps needs data.eval")
+            raise invalid("optim.eval_steps", "needs data.eval")
         if self.optim.keep_best and self.optim.eval_steps and self.optim.save_steps \
                 and self.optim.save_steps % self.optim.eval_steps:
-            raise ValueError("optim.save_steps must be a multiple of optim.eval_steps to keep the best checkpoint")
+            raise invalid("optim.save_steps", "must be a multiple of optim.eval_steps to keep the best checkpoint")
         if self.data.packing and self.objective == "dpo":
-            raise ValueError("data.packing applies to objective sft: TRL's DPOTrainer scores one sequence per "
-                             "row (its own padding-free mode is disabled in TRL 1.16)")
+            raise invalid("data.packing", "applies to objective sft: TRL's DPOTrainer scores one sequence per "
+                                          "row (its own padding-free mode is disabled in TRL 1.16)")
         if self.data.workers < 0:
-            raise ValueError("data.workers must be >= 0")
+            raise invalid("data.workers", "must be >= 0")
         if self.dpo.start_adapter is not None and self.objective != "dpo":
-            raise ValueError("dpo.start_adapter applies to objective dpo")
+            raise invalid("dpo.start_adapter", "applies to objective dpo")
 
     @property
     def run_dir(self) -> Path:
@@ -255,14 +273,6 @@ def nearest_key(key: str) -> str | None:
         if hit:
             return table[hit[0]]
     return None
-
-
-class RecipeValueError(ValueError):
-    """A bad recipe value; `key` is the dotted key at fault (None: the recipe as a whole)."""
-
-    def __init__(self, message: str, key: str | None = None):
-        super().__init__(message)
-        self.key = key
 
 
 def _check_type(value, tp, key: str):
@@ -318,20 +328,7 @@ def from_dict(cls, data: dict, prefix: str = ""):
             kwargs[f.name] = from_dict(tp, value, f"{prefix}{f.name}.")
         else:
             kwargs[f.name] = _check_type(value, tp, prefix + f.name)
-    try:
-        return cls(**kwargs)
-    except RecipeValueError:
-        raise
-    except ValueError as exc:      # a __post_init__ check; its message names the key
-        raise RecipeValueError(str(exc), _named_key(str(exc), prefix)) from None
-
-
-def _named_key(message: str, prefix: str) -> str | None:
-    """The first dotted recipe key a validation message mentions."""
-    for word in message.replace(",", " ").replace(":", " ").split():
-        if word in _KEYS or (prefix + word) in _KEYS:
-            return word if word in _KEYS else prefix + word
-    return None
+    return cls(**kwargs)             # its __post_init__ checks raise RecipeValueError with their key
 
 
 def recipe_path(name_or_path: str | Path) -> Path:
@@ -388,5 +385,3 @@ def recipe_from_dict(data: dict, where: str = "<recipe>", lines: dict[str, int] 
     except RecipeValueError as exc:
         raise UserError(str(exc), path=where, line=(lines or {}).get(exc.key or ""), key=exc.key) from None
 
-
-_KEYS = set(all_keys())

@@ -1,0 +1,140 @@
+"""What a build (or a merge) writes into OUT: staged Arrow datasets, their publication, the report.
+
+`SampleWriters` streams samples into one staged Arrow file per kind; `publish_outputs`
+moves them into place (`dataset/`, `preference/`, `quarantine.jsonl`); `make_report`
+counts, checks `input_records == kept + quarantined`, computes statistics and the length
+histogram; `summary_line` is the one line a build or a merge prints.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from ..paths import atomic_dir
+from .fingerprint import code_version
+
+REPORT, CACHE, QUARANTINE, HISTOGRAM = "report.json", "cache.json", "quarantine.jsonl", "lengths.png"
+SFT_DIR, DPO_DIR, MEDIA_DIR = "dataset", "preference", "media"
+
+
+def _features(kind: str):
+    from datasets import Features, List, Value
+    ids, paths, grids = List(Value("int32")), List(Value("string")), List(List(Value("int32")))
+    media = {"images": paths, "image_grid_thw": grids, "videos": paths, "video_grid_thw": grids}
+    origin = {"id": Value("string"), "source": Value("string"), "line": Value("int64"),
+              "index": Value("int64"), "record_index": Value("int64"), "content_key": Value("string")}
+    if kind == "sft":
+        cols = {"input_ids": ids, "labels": ids, "label_span": List(Value("int8")),
+                "loss_weights": List(Value("float32")), **media, "num_tokens": Value("int32"),
+                "num_label_tokens": Value("int32"), "num_vision_tokens": Value("int32"),
+                "reasoning_chars": Value("int32"), "truncated": Value("bool")}
+    else:
+        cols = {"prompt_input_ids": ids, "chosen_input_ids": ids, "rejected_input_ids": ids, **media,
+                "num_tokens": Value("int32"), "num_vision_tokens": Value("int32")}
+    return Features({**cols, **origin})
+
+
+class SampleWriters:
+    """Streams samples into one staged Arrow file per kind."""
+
+    def __init__(self, stage: Path):
+        self.stage = stage
+        self._writers: dict = {}
+        self.counts = Counter()
+
+    def write(self, kind: str, sample: dict) -> None:
+        if kind not in self._writers:
+            from datasets.arrow_writer import ArrowWriter
+            self._writers[kind] = ArrowWriter(features=_features(kind), path=str(self.stage / f"{kind}.arrow"))
+        self._writers[kind].write(sample)
+        self.counts[kind] += 1
+
+    def finish(self) -> dict:
+        """kind -> memory-mapped staged Dataset (SFT always present, possibly empty)."""
+        from datasets import Dataset
+        if "sft" not in self._writers and "dpo" not in self._writers:
+            self.write_empty("sft")
+        out = {}
+        for kind, writer in self._writers.items():
+            writer.finalize()
+            out[kind] = Dataset.from_file(str(self.stage / f"{kind}.arrow"))
+        return out
+
+    def write_empty(self, kind: str) -> None:
+        from datasets.arrow_writer import ArrowWriter
+        self._writers[kind] = ArrowWriter(features=_features(kind), path=str(self.stage / f"{kind}.arrow"))
+
+
+def publish_outputs(out: Path, stage: Path, staged: dict) -> dict:
+    """Move the staged outputs into place; drop outputs a previous build left that this one lacks."""
+    import datasets
+
+    outputs = {"dataset": None, "preference": None}
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        for kind, name, key in (("sft", SFT_DIR, "dataset"), ("dpo", DPO_DIR, "preference")):
+            if kind in staged:
+                with atomic_dir(out / name) as tmp:
+                    staged[kind].save_to_disk(str(tmp))
+                outputs[key] = str(out / name)
+            else:
+                shutil.rmtree(out / name, ignore_errors=True)
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    os.replace(stage / QUARANTINE, out / QUARANTINE)
+    outputs["quarantine"] = str(out / QUARANTINE)
+    outputs["media"] = str(out / MEDIA_DIR) if (out / MEDIA_DIR).is_dir() else None
+    return outputs
+
+
+def make_report(out, max_tokens, counts, reasons, staged, outputs, settings, model_info, fingerprint, workers,
+                seconds) -> dict:
+    """The report of a build (or a merge) from its counts and its staged datasets."""
+    from .report import length_histogram, preference_stats, sft_stats
+
+    kept = counts["sft"] + counts["dpo"]
+    truncated = int(sum(staged["sft"].data.column("truncated").to_pylist())) if "sft" in staged else 0
+    quarantined = sum(reasons.values())
+    if counts["input"] != kept + quarantined:     # a bug, never a user error
+        raise AssertionError(f"record accounting broke: {counts} vs {quarantined} quarantined")
+    stats, lengths = {}, {}
+    if "sft" in staged:
+        stats["sft"] = sft_stats(staged["sft"])
+        lengths["sft"] = staged["sft"].data.column("num_tokens").to_numpy()
+    if "dpo" in staged:
+        stats["preference"] = preference_stats(staged["dpo"])
+        lengths["preference"] = staged["dpo"].data.column("num_tokens").to_numpy()
+    length_histogram(out / HISTOGRAM, lengths, max_tokens=max_tokens)
+    outputs["histogram"] = str(out / HISTOGRAM)
+    return {
+        "input_records": counts["input"], "kept": kept, "quarantined": quarantined,
+        "invariant": "input_records == kept + quarantined",
+        "kept_sft": counts["sft"], "kept_preference": counts["dpo"],
+        "quarantine_reasons": dict(sorted(reasons.items())),
+        "truncated": truncated, "duplicates_kept": counts["duplicates_kept"],
+        "field_aliases": counts["aliases"],
+        "stats": stats,
+        "seconds": round(seconds, 3),
+        "records_per_second": round(counts["input"] / seconds, 1) if seconds > 0 else None,
+        "samples_per_second": round(kept / seconds, 1) if seconds > 0 else None,
+        "workers": workers, "settings": settings, "model": model_info, "code_version": code_version(),
+        "fingerprint": fingerprint, "outputs": outputs, "cached": False,
+    }
+
+
+def summary_line(report: dict) -> str:
+    reasons = ", ".join(f"{k} {v}" for k, v in report["quarantine_reasons"].items())
+    line = (f"{report['input_records']} input records = {report['kept']} kept + "
+            f"{report['quarantined']} quarantined")
+    if reasons:
+        line += f" ({reasons})"
+    if report.get("truncated"):
+        line += f"; {report['truncated']} truncated"
+    if report.get("field_aliases"):
+        line += "; fields read as " + "; ".join(f"{k} ({v})" for k, v in report["field_aliases"].items())
+    return line + f"; {report['records_per_second']} records/s"

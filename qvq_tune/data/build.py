@@ -20,7 +20,9 @@ Layout of OUT:
     preference/       DPO samples, when the input holds preference pairs
     quarantine.jsonl  one row per rejected record (see quarantine.py), with its `record_index`
     report.json       counts, reasons, truncated samples, the field aliases applied (see
-                      readers/base.py), statistics, settings, fingerprint; written last,
+                      readers/base.py), how many records' replies were read in each
+                      reasoning style (`reasoning_read_as`: field, think, qvq, answer-only
+                      or mixed), statistics, settings, fingerprint; written last,
                       so a folder without it holds no finished build
     lengths.png       histogram of sample lengths
     media/            content-addressed bytes / base64 / downloads, video frame folders
@@ -53,7 +55,7 @@ from ..errors import UserError
 from ..paths import atomic_dir, write_json_atomic
 from .files import input_files, iter_file
 from .media import DEFAULT_MAX_IMAGE_PIXELS, MediaOptions, MediaResolver, file_stat
-from .messages import Conversation, Origin, Turn
+from .messages import Conversation, Origin, Turn, read_as
 from .quarantine import RecordError, quarantine_row
 from .readers import FORMATS as INPUT_FORMATS
 from .readers import ReaderOptions, parse, parse_columns
@@ -197,10 +199,11 @@ class _Worker:
         return outcomes, self.resolver.drain_touched()
 
     def one(self, origin: Origin, raw, error, root: Path) -> tuple:
-        """("sft" | "dpo", sample, content key, aliases) or ("bad", (code, message, field), None,
-        aliases); `aliases` is the field mapping `readers.parse` applied ("" for none)."""
+        """("sft" | "dpo", sample, content key, aliases, read as) or ("bad", (code, message, field),
+        None, aliases, read as); `aliases` is the field mapping `readers.parse` applied ("" for
+        none), `read as` how its replies' reasoning was read (None when it did not parse)."""
         if error is not None:
-            return "bad", error, None, ""
+            return "bad", error, None, "", None
         example = None
         try:
             example = parse(raw, origin, self.reader)
@@ -211,13 +214,13 @@ class _Worker:
             else:
                 kind, sample = "dpo", self.renderer.render_pair(example, media)
         except RecordError as exc:
-            return "bad", (exc.code, exc.message, exc.field), None, aliases_text(example)
+            return "bad", (exc.code, exc.message, exc.field), None, aliases_text(example), _read_as(example)
         except RenderError as exc:
-            return "bad", (exc.code, str(exc), None), None, aliases_text(example)
+            return "bad", (exc.code, str(exc), None), None, aliases_text(example), _read_as(example)
         record_id = example.meta.get("id")
         sample.update(id=str(record_id) if record_id is not None else origin.where(),
                       source=origin.source, line=origin.line, index=origin.index)
-        return kind, sample, content_key(example, media), aliases_text(example)
+        return kind, sample, content_key(example, media), aliases_text(example), read_as(example)
 
     def count_tokens(self, text: str) -> int:
         return len(self.renderer.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -227,6 +230,10 @@ def aliases_text(example) -> str:
     """The field aliases a parsed record was read with, as the report lists them."""
     aliases = example.meta.get("aliases") if example is not None else None
     return ", ".join(f"{k}={v}" for k, v in sorted(aliases.items())) if aliases else ""
+
+
+def _read_as(example) -> str | None:
+    return read_as(example) if example is not None else None
 
 
 _STATE: _Worker | None = None
@@ -468,6 +475,7 @@ def _process(config, spec, files, workers, stage, progress):
     dedup = Deduplicator(config.keep_duplicates)
     reasons: Counter = Counter()
     aliases: Counter = Counter()
+    styles: Counter = Counter()
     media_index: dict = {}
     n_input = 0
     bar = tqdm(desc="data build", unit=" records", disable=not progress)
@@ -476,10 +484,12 @@ def _process(config, spec, files, workers, stage, progress):
             closing(_results(spec, chunks, workers)) as results:
         for (_, items), outcomes, touched in results:
             media_index.update(touched)
-            for (origin, raw, _, position), (kind, payload, key, applied) in zip(items, outcomes):
+            for (origin, raw, _, position), (kind, payload, key, applied, style) in zip(items, outcomes):
                 n_input += 1
                 if applied:
                     aliases[applied] += 1
+                if style:
+                    styles[style] += 1
                 if kind != "bad":
                     payload.update(record_index=position, content_key=key.hex())
                     if (first := dedup.first_copy(payload["content_key"], origin.where())) is not None:
@@ -490,7 +500,8 @@ def _process(config, spec, files, workers, stage, progress):
                         raise _strict_error(origin, code, message, field_)
                     reasons[code] += 1
                     row = quarantine_row(origin, code, message, raw, field_, record_index=position,
-                                         content_key=key.hex() if code == "duplicate" else None)
+                                         content_key=key.hex() if code == "duplicate" else None,
+                                         read_as=style if code != "duplicate" else None)
                     qfile.write(json.dumps(row, ensure_ascii=False) + "\n")
                 else:
                     writers.write(kind, payload)
@@ -498,7 +509,8 @@ def _process(config, spec, files, workers, stage, progress):
     bar.close()
     media_index = {p: (list(s) if s else None) for p, s in sorted(media_index.items())}
     counts = {"input": n_input, "sft": writers.counts["sft"], "dpo": writers.counts["dpo"],
-              "duplicates_kept": dedup.kept, "aliases": dict(sorted(aliases.items()))}
+              "duplicates_kept": dedup.kept, "aliases": dict(sorted(aliases.items())),
+              "read_as": dict(sorted(styles.items()))}
     return counts, reasons, media_index, writers.finish()
 
 
@@ -579,7 +591,7 @@ def make_report(out, max_tokens, counts, reasons, staged, outputs, settings, mod
         "kept_sft": counts["sft"], "kept_preference": counts["dpo"],
         "quarantine_reasons": dict(sorted(reasons.items())),
         "truncated": truncated, "duplicates_kept": counts["duplicates_kept"],
-        "field_aliases": counts["aliases"],
+        "field_aliases": counts["aliases"], "reasoning_read_as": counts["read_as"],
         "stats": stats,
         "seconds": round(seconds, 3),
         "records_per_second": round(counts["input"] / seconds, 1) if seconds > 0 else None,
@@ -597,6 +609,8 @@ def summary_line(report: dict) -> str:
         line += f" ({reasons})"
     if report.get("truncated"):
         line += f"; {report['truncated']} truncated"
+    if report.get("reasoning_read_as"):
+        line += "; replies read as " + ", ".join(f"{k} {v}" for k, v in report["reasoning_read_as"].items())
     if report.get("field_aliases"):
         line += "; fields read as " + "; ".join(f"{k} ({v})" for k, v in report["field_aliases"].items())
     return line + f"; {report['records_per_second']} records/s"

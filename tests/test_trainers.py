@@ -200,6 +200,45 @@ def test_a_run_killed_after_a_checkpoint_resumes_with_the_same_losses(tmp_path, 
         train(cut)                                  # a finished run is never overwritten silently
 
 
+@pytest.fixture(scope="module")
+def ten_samples(tiny_model, tmp_path_factory):
+    """10 samples: with batch 4 an epoch is 3 steps (4, 4, 2), so 8 steps cross two epoch boundaries."""
+    from qvq_tune.data.build import BuildConfig, build
+    from qvq_tune.synth.generate import SynthConfig, generate
+    root = tmp_path_factory.mktemp("ten")
+    generate(SynthConfig(train=10, validation=0, test=0, dpo=False), root / "raw", progress=False)
+    build(BuildConfig(input=str(root / "raw" / "train.jsonl"), model=str(tiny_model("qwen2_vl")),
+                      out=str(root / "built"), reasoning="qvq", workers=1))
+    return root / "built"
+
+
+@pytest.mark.slow
+def test_a_run_resumed_in_epoch_1_logs_the_same_losses_in_later_epochs(tmp_path, tiny_model, ten_samples):
+    """Resumed from a checkpoint at the last step of the first epoch, then from one inside it,
+    the later epochs draw the same shuffled batches with the same dropout: loss, grad norm,
+    learning rate and epoch equal the uninterrupted run's at every step."""
+    from qvq_tune.train.run import train
+    recipe = make_recipe(tmp_path, tiny_model("qwen2_vl"), ten_samples, method="lora",
+                         **{"lora.dropout": 0.1, "optim.max_steps": 5, "optim.save_steps": 1})
+    run = recipe.run_dir
+    keys = ("loss", "grad_norm", "learning_rate", "epoch")
+    train(recipe, in_process=True)
+    whole = {key: _losses(run, key) for key in keys}
+    assert whole["epoch"][-1][1] == pytest.approx(5 / 3, abs=0.01), "5 steps of a 3-step epoch"
+    for checkpoint in (3, 2):                       # the end of epoch 1, then its middle
+        (run / "train_report.json").unlink()        # as if killed after `checkpoint`
+        for later in range(checkpoint + 1, 6):
+            (run / "checkpoints" / f"checkpoint-{later}" / "qvq_tune_complete.json").unlink()
+        report = train(recipe, in_process=True, resume=True)
+        assert report["resumed_from"].endswith(f"checkpoint-{checkpoint}") and report["steps"] == 5
+        resumed = {key: _losses(run, key) for key in keys}
+        assert [s for s, _ in resumed["loss"]] == list(range(1, 6)), "each step logged once"
+        for key in ("loss", "grad_norm"):
+            for (step, a), (_, b) in zip(whole[key], resumed[key]):
+                assert b == pytest.approx(a, rel=1e-5, abs=1e-6), (checkpoint, key, step)
+        assert resumed["learning_rate"] == whole["learning_rate"] and resumed["epoch"] == whole["epoch"]
+
+
 def test_checkpoints_without_a_completion_marker_are_not_resumed(tmp_path, tiny_model, built_train):
     from qvq_tune.errors import UserError
     from qvq_tune.train.run import train

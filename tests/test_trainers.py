@@ -27,16 +27,22 @@ def _losses(run_dir, key="loss"):
     return [(r["step"], r[key]) for r in read_metrics(Path(run_dir) / "metrics.jsonl") if key in r]
 
 
+def _synth_built(tiny_model, root: Path, records: int, split: str) -> Path:
+    """`records` synthetic task records (`split`: "train", or "dpo_train" for preference pairs)
+    built for the tiny qwen2_vl."""
+    from qvq_tune.data.build import BuildConfig, build
+    from qvq_tune.synth.generate import SynthConfig, generate
+    generate(SynthConfig(train=records, validation=0, test=0, dpo=split == "dpo_train"), root / "raw",
+             progress=False)
+    build(BuildConfig(input=str(root / "raw" / f"{split}.jsonl"), model=str(tiny_model("qwen2_vl")),
+                      out=str(root / "built"), reasoning="qvq", workers=1))
+    return root / "built"
+
+
 @pytest.fixture(scope="module")
 def preference(tiny_model, tmp_path_factory):
     """Preference pairs (clean chosen, wrong / looping / language-mixed rejected) built for the tiny qwen2_vl."""
-    from qvq_tune.data.build import BuildConfig, build
-    from qvq_tune.synth.generate import SynthConfig, generate
-    root = tmp_path_factory.mktemp("preference")
-    generate(SynthConfig(train=48, validation=0, test=0, dpo=True), root / "raw", progress=False)
-    build(BuildConfig(input=str(root / "raw" / "dpo_train.jsonl"), model=str(tiny_model("qwen2_vl")),
-                      out=str(root / "built"), reasoning="qvq", workers=1))
-    return root / "built"
+    return _synth_built(tiny_model, tmp_path_factory.mktemp("preference"), 48, "dpo_train")
 
 
 @pytest.fixture(scope="module")
@@ -202,14 +208,8 @@ def test_a_run_killed_after_a_checkpoint_resumes_with_the_same_losses(tmp_path, 
 
 @pytest.fixture(scope="module")
 def ten_samples(tiny_model, tmp_path_factory):
-    """10 samples: with batch 4 an epoch is 3 steps (4, 4, 2), so 8 steps cross two epoch boundaries."""
-    from qvq_tune.data.build import BuildConfig, build
-    from qvq_tune.synth.generate import SynthConfig, generate
-    root = tmp_path_factory.mktemp("ten")
-    generate(SynthConfig(train=10, validation=0, test=0, dpo=False), root / "raw", progress=False)
-    build(BuildConfig(input=str(root / "raw" / "train.jsonl"), model=str(tiny_model("qwen2_vl")),
-                      out=str(root / "built"), reasoning="qvq", workers=1))
-    return root / "built"
+    """10 samples: with batch 4 an epoch is 3 steps (4, 4, 2)."""
+    return _synth_built(tiny_model, tmp_path_factory.mktemp("ten"), 10, "train")
 
 
 @pytest.mark.slow

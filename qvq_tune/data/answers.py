@@ -67,8 +67,7 @@ class Extraction:
 # characters that announce more to come.
 _DANGLING = frozenset(
     "a an the and or but nor then because since if than while whereas although though unless of to for from "
-    "with into between through via per is are was were be been being am my our their its your these those "
-    "we".split())
+    "with into between through via per is are was were be been being my our their its your we".split())
 _OPEN_END = (",", ";", ":", "(", "[", "{", "–", "—", "=", "×", "...", "…", "，", "、", "：", "；", "（")
 _LAST_WORDS = re.compile(r"(\S+)\s+([^\W\d_]+)$")
 

@@ -135,7 +135,8 @@ def test_each_sample_of_a_packed_row_sees_what_it_sees_alone(family, tiny_model,
             video = load_video(s["videos"][0])
             enc = processor(text=[processor.video_token], videos=[video.frames], return_tensors="pt",
                             **video_kwargs(processor.video_processor, [video]))
-            for key in set(enc) & set(processor.model_input_names) - {"input_ids", "attention_mask", "mm_token_type_ids"}:
+            for key in set(enc) & set(processor.model_input_names) - {"input_ids", "attention_mask",
+                                                                        "mm_token_type_ids"}:
                 torch.testing.assert_close(batch[key], enc[key], msg=key)
     model = load_model(path).eval()
     with torch.no_grad():

@@ -3,9 +3,9 @@
 A forward pre-hook on the model counts, for every forward that builds a graph (the
 policy's; not a DPO reference pass or an evaluation), the real tokens (attention mask, or
 every position of a packed row), the padded positions and the samples (a packed row's,
-by its text positions restarting at 0, before or after `train/packing.py` made them 3-D). `take()` returns
-the counts since the last call, summed over all ranks; the metrics callback turns them
-into non-padding tokens/s, samples/s and the padding share.
+by its text positions restarting at 0, before or after `train/packing.py` made them 3-D).
+`take()` returns the counts since the last call, summed over all ranks; the metrics
+callback turns them into non-padding tokens/s, samples/s and the padding share.
 """
 
 from __future__ import annotations

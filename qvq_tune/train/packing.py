@@ -11,8 +11,8 @@ sequences for flash attention) stacked on the 3-D M-RoPE positions, computed per
 by the model's own `get_rope_index`, so every sample sees exactly the positions it would
 see alone. Each sample gets its own images' and videos' grids (and Qwen2.5-VL's seconds
 per video grid step), counted by their tokens: Qwen3-VL writes a video as one run of
-tokens per frame, with timestamps between them. Labels need no change: each sample starts with unlabelled prompt tokens, so
-no loss crosses a sample boundary. DPO is not packed: TRL's DPOTrainer sums each row's
+tokens per frame, with timestamps between them. Labels need no change: each sample
+starts with unlabelled prompt tokens, so no loss crosses a sample boundary. DPO is not packed: TRL's DPOTrainer sums each row's
 log-probabilities into one sequence score (its own padding-free mode is disabled in TRL 1.16).
 """
 

@@ -116,5 +116,29 @@ def test_number_in_a_sentence_is_the_stated_one():
 
 def test_a_reply_cut_by_the_budget_is_answered_only_where_marked():
     assert extract_answer("There are 3 apples and", cut=True).answer is None
-    assert extract_answer("There are 3 apples and", cut=False).answer == "There are 3 apples and"
+    assert extract_answer("There are 3 apples", cut=False).answer == "There are 3 apples"
     assert extract_answer("3 + 2 = 5.\n\n**Final Answer**\n\n\\[ \\boxed{5} \\]", cut=True).answer == "5"
+
+
+@pytest.mark.parametrize("reply", [
+    "The bar chart has four bars, reaching 30, 45, 25 and 50. So I start with 30 and then",
+    "Adding the four bars, 30 + 45 + 25 + 50 =",
+    "The total of the four bars is",
+    "I count the circles: one in the middle, one at the top,",
+    "So the total is...",
+    "图中有三个圆，",
+    "</think>\n\nThe four bars add up to",
+    "Trace.\n\n**Final Answer**\n\nThe total of the four bars is",
+    "Looking at the chart, I need to decide which option is the right one.\n\nQ1 is 30, Q2 45. So I add",
+])
+def test_a_reply_that_stops_mid_sentence_has_no_answer(reply):
+    assert extract_answer(reply).answer is None
+
+
+@pytest.mark.parametrize("reply,answer", [
+    ("The switch is on", "The switch is on"), ("A", "A"), ("B-", "B-"), ("C++", "C++"), ("150", "150"),
+    ("12 cm", "12 cm"), ("Paris", "Paris"), ("</think>\n\nThe total is 150", "The total is 150"),
+    ("I need to work out which option is right. 30 + 45 = 75, so the answer is 75.", "75"),
+])
+def test_a_finished_reply_keeps_its_answer(reply, answer):
+    assert extract_answer(reply).answer == answer

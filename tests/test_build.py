@@ -145,7 +145,11 @@ def test_report_statistics_histogram_and_columns(dirty_build):
     assert report["stats"]["sft"]["media_per_sample"]["max"] == 2
     assert (out / "lengths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["settings"]["max_tokens"] == 256 and report["fingerprint"] and not report["cached"]
-    assert report["records_per_second"] > 0
+    # throughputs recomputed from the counts and the time (rates rounded to 0.1 /s, seconds to 1 ms)
+    low, high = report["seconds"] - 0.0005, report["seconds"] + 0.0005
+    for rate, count in (("records_per_second", "input_records"), ("samples_per_second", "kept")):
+        assert report[count] / high - 0.05 <= report[rate] <= report[count] / low + 0.05, rate
+    assert report["input_records"] != report["kept"], "the two rates count different things"
     assert set(ds.column_names) >= {"input_ids", "labels", "images", "image_grid_thw", "videos", "video_grid_thw",
                                     "num_tokens", "num_label_tokens", "num_vision_tokens", "reasoning_chars",
                                     "id", "source", "line"}

@@ -30,6 +30,33 @@ def test_tiny_base_reads_images(tiny_base, tmp_path):
         assert acc[f"blank_{kind}"] <= CHANCE[kind] + 0.25, (kind, acc)
 
 
+def sampled_defect_rate(folder, replies: int) -> float:
+    """Share of the sampled replies the evaluator wrote that show a defect the noisy data teaches."""
+    from qvq_tune.synth.tasks import taught_defects
+    rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == replies
+    return sum(bool(taught_defects(r["reply"])) for r in rows) / len(rows)
+
+
+def adapter_effect(out, report) -> float:
+    """Mean |logits(base + adapter) - logits(base)| on the export proof's samples, recomputed with
+    PEFT's own adapter loading on the fp32 base (apart from the proof code)."""
+    import torch
+    from peft import PeftModel
+
+    from qvq_tune.export.sources import Sources, proof_batch
+    from qvq_tune.models.loading import load_model
+    src = Sources.resolve(run=out / report["exported_run"], data=out / "data" / "test")
+    batch = proof_batch(src, report["merge_check"]["samples"])
+    batch.pop("labels")
+    model = PeftModel.from_pretrained(load_model(src.base), str(src.adapter_dir)).eval()
+    with torch.no_grad():
+        tuned = model(**batch).logits.float()
+        with model.disable_adapter():
+            plain = model(**batch).logits.float()
+    return (tuned - plain).abs()[batch["attention_mask"].bool()].mean().item()
+
+
 @pytest.mark.slow
 def test_short_demo_end_to_end(tmp_path, tiny_base):
     from qvq_tune.demo import DemoConfig, run_demo
@@ -41,10 +68,13 @@ def test_short_demo_end_to_end(tmp_path, tiny_base):
                                  defect_samples=2))
     assert report["world_size"] == 2 and report["train_steps"] == 150 and report["dpo_steps"] == 10
     assert report["exported_run"] == "dpo" and report["dpo_pairs"] > 0
-    assert 0 <= report["sft_defect_rate"] <= 1 and 0 <= report["dpo_defect_rate"] <= 1
+    out = tmp_path / "demo"
+    for stage, key in (("tuned_sampled", "sft_defect_rate"), ("dpo_sampled", "dpo_defect_rate")):
+        assert report[key] == sampled_defect_rate(out / "eval" / stage, replies=48 * 2), key
     assert report["train_loss_last"] < 0.25 * report["train_loss_first"]
     assert report["zero3_partition"]["local_numel"] < report["zero3_partition"]["full_numel"]
-    assert report["merge_check"]["passed"] and report["merge_check"]["adapter_effect"] > 0
+    assert report["merge_check"]["passed"]
+    assert report["merge_check"]["adapter_effect"] == pytest.approx(adapter_effect(out, report), rel=1e-4)
     # The tiny base carries the Qwen LICENSE AGREEMENT (as QVQ does): the export went through the gate.
     assert report["license"]["license"] == "qwen" and report["license"]["requires_acceptance"]
     assert report["merge_check"]["vs_4bit_base_plus_adapter"] is not None          # QLoRA: reported apart
@@ -56,7 +86,6 @@ def test_short_demo_end_to_end(tmp_path, tiny_base):
     assert report["tuned_accuracy"] >= report["base_accuracy"] + 0.4
     assert report["tuned_accuracy"] >= report["tuned_blank_image_accuracy"] + 0.4
     assert report["merged_accuracy"] >= report["base_accuracy"] + 0.25
-    out = tmp_path / "demo"
     assert json.loads((out / "report.json").read_text()) == report
     assert (out / "report.png").stat().st_size > 1000
     merged = out / "export" / "merged"

@@ -94,6 +94,24 @@ def reloaded(folder) -> dict:
             AutoModelForImageTextToText.from_pretrained(str(folder), dtype=torch.float32).state_dict().items()}
 
 
+def reply_agreement(merged_dir, base_dir, adapter_dir, data, samples: int) -> float:
+    """Share of reply positions where the merged folder and PEFT's adapter on the 4-bit base
+    pick the same next token, on the proof's samples: recomputed apart from the proof code."""
+    from peft import PeftModel
+
+    from qvq_tune.export.sources import Sources, proof_batch
+    from qvq_tune.models.loading import load_model
+    batch = proof_batch(Sources(Path(base_dir), Path(adapter_dir), Path(data)), samples)
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        merged = load_model(merged_dir).eval()(**batch).logits
+        quantized = PeftModel.from_pretrained(load_model(base_dir, load_in_4bit=True), str(adapter_dir)).eval()
+        reference = quantized(**batch).logits
+    scored = labels[:, 1:] != -100                       # positions whose next token is a reply token
+    same = merged[:, :-1].argmax(-1) == reference[:, :-1].argmax(-1)
+    return same[scored].float().mean().item()
+
+
 def check_sums(folder):
     rows = (folder / "SHA256SUMS").read_text().splitlines()
     listed = {line.split("  ", 1)[1]: line.split("  ", 1)[0] for line in rows}
@@ -156,7 +174,9 @@ def test_qlora_legacy_keys_into_a_sharded_module_tree_base_bf16(runs, tmp_path):
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     assert report["proof"]["passed"] and report["proof"]["dtype"] == "bfloat16"
     as_trained = report["proof"]["vs_4bit_base_plus_adapter"]
-    assert as_trained is not None and 0 <= as_trained["reply_top1_agreement"] <= 1
+    agreement = reply_agreement(out, recipe.model, recipe.run_dir / "adapter", recipe.data.train,
+                                report["proof"]["samples"])
+    assert as_trained["reply_top1_agreement"] == pytest.approx(agreement, abs=1e-6)
 
 
 def test_qlora_merged_into_its_4bit_rounding_computes_what_the_4bit_model_did(runs, tmp_path):

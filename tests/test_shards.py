@@ -15,7 +15,7 @@ from qvq_tune.data.merge import merge
 from qvq_tune.errors import UserError
 
 COUNTS = ("input_records", "kept", "quarantined", "kept_sft", "kept_preference", "quarantine_reasons", "truncated",
-          "duplicates_kept", "field_aliases", "stats")
+          "duplicates_kept", "field_aliases", "reasoning_read_as", "stats")
 
 
 @pytest.fixture(scope="module")

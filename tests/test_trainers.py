@@ -27,16 +27,22 @@ def _losses(run_dir, key="loss"):
     return [(r["step"], r[key]) for r in read_metrics(Path(run_dir) / "metrics.jsonl") if key in r]
 
 
+def _synth_built(tiny_model, root: Path, records: int, split: str) -> Path:
+    """`records` synthetic task records (`split`: "train", or "dpo_train" for preference pairs)
+    built for the tiny qwen2_vl."""
+    from qvq_tune.data.build import BuildConfig, build
+    from qvq_tune.synth.generate import SynthConfig, generate
+    generate(SynthConfig(train=records, validation=0, test=0, dpo=split == "dpo_train"), root / "raw",
+             progress=False)
+    build(BuildConfig(input=str(root / "raw" / f"{split}.jsonl"), model=str(tiny_model("qwen2_vl")),
+                      out=str(root / "built"), reasoning="qvq", workers=1))
+    return root / "built"
+
+
 @pytest.fixture(scope="module")
 def preference(tiny_model, tmp_path_factory):
     """Preference pairs (clean chosen, wrong / looping / language-mixed rejected) built for the tiny qwen2_vl."""
-    from qvq_tune.data.build import BuildConfig, build
-    from qvq_tune.synth.generate import SynthConfig, generate
-    root = tmp_path_factory.mktemp("preference")
-    generate(SynthConfig(train=48, validation=0, test=0, dpo=True), root / "raw", progress=False)
-    build(BuildConfig(input=str(root / "raw" / "dpo_train.jsonl"), model=str(tiny_model("qwen2_vl")),
-                      out=str(root / "built"), reasoning="qvq", workers=1))
-    return root / "built"
+    return _synth_built(tiny_model, tmp_path_factory.mktemp("preference"), 48, "dpo_train")
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +204,39 @@ def test_a_run_killed_after_a_checkpoint_resumes_with_the_same_losses(tmp_path, 
     assert _losses(cut.run_dir, "learning_rate") == _losses(recipe("whole").run_dir, "learning_rate")
     with pytest.raises(UserError, match="finished run"):
         train(cut)                                  # a finished run is never overwritten silently
+
+
+@pytest.fixture(scope="module")
+def ten_samples(tiny_model, tmp_path_factory):
+    """10 samples: with batch 4 an epoch is 3 steps (4, 4, 2)."""
+    return _synth_built(tiny_model, tmp_path_factory.mktemp("ten"), 10, "train")
+
+
+@pytest.mark.slow
+def test_a_run_resumed_in_epoch_1_logs_the_same_losses_in_later_epochs(tmp_path, tiny_model, ten_samples):
+    """Resumed from a checkpoint at the last step of the first epoch, then from one inside it,
+    the later epochs draw the same shuffled batches with the same dropout: loss, grad norm,
+    learning rate and epoch equal the uninterrupted run's at every step."""
+    from qvq_tune.train.run import train
+    recipe = make_recipe(tmp_path, tiny_model("qwen2_vl"), ten_samples, method="lora",
+                         **{"lora.dropout": 0.1, "optim.max_steps": 5, "optim.save_steps": 1})
+    run = recipe.run_dir
+    keys = ("loss", "grad_norm", "learning_rate", "epoch")
+    train(recipe, in_process=True)
+    whole = {key: _losses(run, key) for key in keys}
+    assert whole["epoch"][-1][1] == pytest.approx(5 / 3, abs=0.01), "5 steps of a 3-step epoch"
+    for checkpoint in (3, 2):                       # the end of epoch 1, then its middle
+        (run / "train_report.json").unlink()        # as if killed after `checkpoint`
+        for later in range(checkpoint + 1, 6):
+            (run / "checkpoints" / f"checkpoint-{later}" / "qvq_tune_complete.json").unlink()
+        report = train(recipe, in_process=True, resume=True)
+        assert report["resumed_from"].endswith(f"checkpoint-{checkpoint}") and report["steps"] == 5
+        resumed = {key: _losses(run, key) for key in keys}
+        assert [s for s, _ in resumed["loss"]] == list(range(1, 6)), "each step logged once"
+        for key in ("loss", "grad_norm"):
+            for (step, a), (_, b) in zip(whole[key], resumed[key]):
+                assert b == pytest.approx(a, rel=1e-5, abs=1e-6), (checkpoint, key, step)
+        assert resumed["learning_rate"] == whole["learning_rate"] and resumed["epoch"] == whole["epoch"]
 
 
 def test_checkpoints_without_a_completion_marker_are_not_resumed(tmp_path, tiny_model, built_train):

@@ -12,7 +12,10 @@
   marker is answered only by a closing "Therefore, ..." sentence.
 `Extraction.source` says which rule found it; `start` is where the answer part begins
 (what comes before it is the trace). A reply cut off by the token budget is answered only
-by a marked answer.
+by a marked answer; so is one that visibly stops mid-sentence (`ends_mid_sentence`: on a
+comma, an operator, "and", "the", "because"...), and unmarked text that stops so (a
+whole reply, what follows the think block or the final-answer marker) is never an answer.
+A question ("which option is correct", "what the answer is") is not an answer phrase.
 
 `match_answer(predicted, reference, choices)` compares exactly after normalising LaTeX,
 markdown and case; as numbers (thousands separators, fractions, percentages, currency,
@@ -42,6 +45,7 @@ _FINAL = re.compile(r"\*\*[ \t]*final answer[ \t]*(?:[:：][ \t]*\*\*|\*\*[ \t]*
                     r"|\bfinal answer (?:is|would be|should be)\b[ \t]*:?", re.I)
 _PHRASE = re.compile(r"(?:\b(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)\s+(?:is|should\s+be|would\s+be)"
                      r"|^[ \t]*(?:\*\*)?answer(?:\*\*)?[ \t]*[:：](?:\*\*)?)[ \t]*:?", re.I | re.M)
+_ASKING = re.compile(r"\b(?:which|what|whichever|whatever|whether|if)\s*$", re.I)   # "which option is ..."
 _CONCLUDE = re.compile(r"^(?:therefore|thus|hence|so|in conclusion|in summary|overall)\b", re.I)
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+(?=\S)|\n+")
 _WRAPPERS = (("\\[", "\\]"), ("\\(", "\\)"), ("$$", "$$"), ("$", "$"), ("**", "**"), ("*", "*"))
@@ -58,10 +62,34 @@ class Extraction:
         return self.source in MARKED
 
 
+# Words a finished sentence does not end on (articles, conjunctions, prepositions that take
+# an object, copulas, determiners; lower case, so a choice letter "A" is not one), and
+# characters that announce more to come.
+_DANGLING = frozenset(
+    "a an the and or but nor then because since if than while whereas although though unless of to for from "
+    "with into between through via per is are was were be been being my our their its your we".split())
+_OPEN_END = (",", ";", ":", "(", "[", "{", "–", "—", "=", "×", "...", "…", "，", "、", "：", "；", "（")
+_LAST_WORDS = re.compile(r"(\S+)\s+([^\W\d_]+)$")
+
+
+def ends_mid_sentence(text: str) -> bool:
+    """Whether `text` visibly stops mid-sentence: on a comma, colon, open bracket, operator or
+    ellipsis, or on a word no finished sentence ends with ("... with 30 and then", "... the").
+    A reply that stops so was cut off (by a budget, or by whoever made the data), whatever
+    its length."""
+    body = text.rstrip().removesuffix("**").rstrip()
+    if body.endswith(_OPEN_END):
+        return True
+    last = _LAST_WORDS.search(body[-60:])
+    return bool(last and last.group(2) in _DANGLING)
+
+
 def extract_answer(reply: str, think: tuple[str, str] = THINK_TOKENS, *, cut: bool = False) -> Extraction:
-    """The final answer of `reply`. A reply `cut` by the token budget has one only where it
-    is marked: its unmarked text is unfinished, not an answer."""
+    """The final answer of `reply`. A reply `cut` by the token budget, or that stops
+    mid-sentence, has one only where it is marked: its unmarked text is unfinished, not an
+    answer."""
     found = _extract(reply, think)
+    cut = cut or ends_mid_sentence(reply)
     return found if found.marked or not cut else Extraction(None, "none", len(reply))
 
 
@@ -75,6 +103,8 @@ def _extract(reply: str, think: tuple[str, str]) -> Extraction:
             return Extraction(None, "none", start)
         found = _from_text(tail, whole=True)
         if found.source in ("whole_reply", "conclusion", "none"):
+            if ends_mid_sentence(tail):
+                return Extraction(None, "none", len(reply))
             return Extraction(clean(tail), "after_think", start)
         return Extraction(found.answer, found.source, start + found.start)
     if open_ in reply:                  # cut off while still thinking
@@ -93,13 +123,17 @@ def _from_text(text: str, whole: bool = False) -> Extraction:
     boxed_at = text.rfind("\\boxed{")
     if boxed_at >= 0 and (boxed := extract_boxed(text)):
         return Extraction(clean(boxed), "boxed", boxed_at)
-    for last in _PHRASE.finditer(text):
-        pass
+    last = None
+    for phrase in _PHRASE.finditer(text):
+        if not _ASKING.search(text[max(0, phrase.start() - 12):phrase.start()]):
+            last = phrase
     if last is not None:
         answer = clean(_SENTENCE_END.split(text[last.end():].strip(), 1)[0])
         if answer:
             return Extraction(answer, "answer_phrase", last.start())
     body = text.strip()
+    if ends_mid_sentence(body):
+        return Extraction(None, "none", len(text))
     if whole or (len(body) <= SHORT_REPLY_CHARS and "\n\n" not in body):
         return Extraction(clean(body) or None, "whole_reply" if body else "none", text.find(body[:1]))
     sentence = _SENTENCE_END.split(body)[-1].strip()
@@ -114,9 +148,9 @@ def _first_answer(tail: str) -> str | None:
     if boxed:
         return clean(boxed)
     for line in tail.splitlines():
-        line = clean(_SENTENCE_END.split(line.replace("**", "").strip(), 1)[0])
-        if line:
-            return line
+        line = _SENTENCE_END.split(line.replace("**", "").strip(), 1)[0]
+        if line.strip():
+            return None if ends_mid_sentence(line) else clean(line)
     return None
 
 

@@ -20,7 +20,9 @@ Layout of OUT:
     preference/       DPO samples, when the input holds preference pairs
     quarantine.jsonl  one row per rejected record (see quarantine.py), with its `record_index`
     report.json       counts, reasons, truncated samples, the field aliases applied (see
-                      readers/base.py), statistics, settings, fingerprint; written last,
+                      readers/base.py), how many records' replies were read in each
+                      reasoning style (`reasoning_read_as`: field, think, qvq, answer-only
+                      or mixed), statistics, settings, fingerprint; written last,
                       so a folder without it holds no finished build
     lengths.png       histogram of sample lengths
     media/            content-addressed bytes / base64 / downloads, video frame folders
@@ -59,7 +61,7 @@ from .files import input_files, iter_file
 from .fingerprint import cached_report, processor_hash
 from .fingerprint import fingerprint as build_fingerprint
 from .media import MediaOptions, MediaResolver
-from .messages import Conversation, Origin, Turn
+from .messages import Conversation, Origin, Turn, read_as
 from .quarantine import QuarantineWriter, RecordError, quarantine_row
 from .readers import ReaderOptions, parse
 from .render import RenderError, RenderOptions, SampleRenderer
@@ -105,10 +107,11 @@ class _Worker:
         return outcomes, self.resolver.drain_touched()
 
     def one(self, origin: Origin, raw, error, root: Path) -> tuple:
-        """("sft" | "dpo", sample, content key, aliases) or ("bad", (code, message, field), None,
-        aliases); `aliases` is the field mapping `readers.parse` applied ("" for none)."""
+        """("sft" | "dpo", sample, content key, aliases, read as) or ("bad", (code, message, field),
+        None, aliases, read as); `aliases` is the field mapping `readers.parse` applied ("" for
+        none), `read as` how its replies' reasoning was read (None when it did not parse)."""
         if error is not None:
-            return "bad", error, None, ""
+            return "bad", error, None, "", None
         example = None
         try:
             example = parse(raw, origin, self.reader)
@@ -119,16 +122,20 @@ class _Worker:
             else:
                 kind, sample = "dpo", self.renderer.render_pair(example, media)
         except RecordError as exc:
-            return "bad", (exc.code, exc.message, exc.field), None, aliases_text(example)
+            return "bad", (exc.code, exc.message, exc.field), None, aliases_text(example), _read_as(example)
         except RenderError as exc:
-            return "bad", (exc.code, str(exc), None), None, aliases_text(example)
+            return "bad", (exc.code, str(exc), None), None, aliases_text(example), _read_as(example)
         record_id = example.meta.get("id")
         sample.update(id=str(record_id) if record_id is not None else origin.where(),
                       source=origin.source, line=origin.line, index=origin.index)
-        return kind, sample, content_key(example, media), aliases_text(example)
+        return kind, sample, content_key(example, media), aliases_text(example), read_as(example)
 
     def count_tokens(self, text: str) -> int:
         return len(self.renderer.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _read_as(example) -> str | None:
+    return read_as(example) if example is not None else None
 
 
 def aliases_text(example) -> str:
@@ -279,6 +286,7 @@ def _process(config, spec, files, workers, stage, progress):
     writers = SampleWriters(stage)
     dedup = Deduplicator(config.keep_duplicates)
     aliases: Counter = Counter()
+    styles: Counter = Counter()
     media_index: dict = {}
     n_input = 0
     bar = tqdm(desc="data build", unit=" records", disable=not progress)
@@ -286,8 +294,10 @@ def _process(config, spec, files, workers, stage, progress):
     with QuarantineWriter(stage / QUARANTINE) as quarantine, closing(_results(spec, chunks, workers)) as results:
         for (_, items), outcomes, touched in results:
             media_index.update(touched)
-            for (origin, raw, _, position), (kind, payload, key, applied) in zip(items, outcomes):
+            for (origin, raw, _, position), (kind, payload, key, applied, style) in zip(items, outcomes):
                 n_input += 1
+                if style:
+                    styles[style] += 1
                 if applied:
                     aliases[applied] += 1
                 if kind != "bad":
@@ -299,14 +309,16 @@ def _process(config, spec, files, workers, stage, progress):
                     if config.strict:
                         raise _strict_error(origin, code, message, field_)
                     quarantine.write(quarantine_row(origin, code, message, raw, field_, record_index=position,
-                                                    content_key=key.hex() if code == "duplicate" else None))
+                                                    content_key=key.hex() if code == "duplicate" else None,
+                                                    read_as=style if code != "duplicate" else None))
                 else:
                     writers.write(kind, payload)
             bar.update(len(items))
     bar.close()
     media_index = {p: (list(s) if s else None) for p, s in sorted(media_index.items())}
     counts = {"input": n_input, "sft": writers.counts["sft"], "dpo": writers.counts["dpo"],
-              "duplicates_kept": dedup.kept, "aliases": dict(sorted(aliases.items()))}
+              "duplicates_kept": dedup.kept, "aliases": dict(sorted(aliases.items())),
+              "read_as": dict(sorted(styles.items()))}
     return counts, quarantine.counts, media_index, writers.finish()
 
 

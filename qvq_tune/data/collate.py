@@ -4,7 +4,9 @@ One collator serves training (right padding), generation (left padding) and the 
 check, so all three see identical model inputs. A sample (from `data/render.py`) holds
 token ids, labels and media references; the collator pads them, turns images into `pixel_values` through the model's image
 processor (cached per path), checks each image's grid against the one recorded at
-build time, and adds `mm_token_type_ids`, which Qwen VL's forward needs with images.
+build time, and adds `mm_token_type_ids`, which Qwen VL's forward needs with images, and
+every other input the model's own processor gives for videos (`second_per_grid_ts` where
+the processor names it: Qwen2.5-VL's time-aligned video positions).
 
 For the SFT trainer (`loss_weights=True`), a batch holding a sample with per-token
 `loss_weights` (a reply whose loss weight is not 1, see `data/render.py`), or collated with
@@ -23,7 +25,7 @@ import time
 import torch
 
 from .render import IGNORE_INDEX, SPAN_ANSWER, SPAN_NONE, SPAN_REASONING
-from .video import Video, encode_videos, load_video
+from .video import Video, encode_videos, load_video, seconds_per_grid
 from .vision import PixelCache
 
 
@@ -71,6 +73,8 @@ class VisionCollator:
             loaded = [v if isinstance(v, Video) else load_video(v) for v in videos]
             enc = encode_videos(self.processor.video_processor, loaded)
             out["pixel_values_videos"], out["video_grid_thw"] = enc["pixel_values_videos"], enc["video_grid_thw"]
+            if "second_per_grid_ts" in self.processor.model_input_names:
+                out["second_per_grid_ts"] = seconds_per_grid(self.processor.video_processor, loaded)
         return out
 
     def weights(self, samples: list[dict]) -> list[list[float]] | None:

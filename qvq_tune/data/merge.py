@@ -135,6 +135,8 @@ def merge(shard_dirs: list[str], out: str | Path, *, log=None) -> dict:
         counts, reasons, datasets_ = _join(shards, settings, out, stage, log)
         outputs = publish_outputs(out, stage, datasets_)
         counts["aliases"] = dict(sorted(sum((Counter(s.report["field_aliases"]) for s in shards), Counter()).items()))
+        read_as = sum((Counter(s.report["reasoning_read_as"]) for s in shards), Counter())
+        counts["read_as"] = dict(sorted(read_as.items()))
         fingerprint = hashlib.sha256(json.dumps([s.report["fingerprint"] for s in shards]).encode()).hexdigest()
         report = make_report(out, settings["max_tokens"], counts, reasons, datasets_, outputs,
                              {**settings, "out": str(out), "shard_index": None}, shards[0].report["model"],

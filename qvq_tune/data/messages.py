@@ -74,6 +74,7 @@ class Turn:
     parts: list[Part]
     reasoning: str | None = None  # assistant turns: the trace; the parts hold the answer
     loss_weight: float = 1.0      # assistant turns: 0 = no loss on this reply, w = its tokens weigh w
+    read_as: str = "answer-only"  # assistant turns: where the reader found the trace (reasoning.READ_AS)
 
     @property
     def text(self) -> str:
@@ -110,3 +111,11 @@ class PreferencePair:
 
 
 Example = Conversation | PreferencePair
+
+
+def read_as(example: Example) -> str:
+    """How a record's replies were read (`reasoning.READ_AS`): their one style, or "mixed"."""
+    replies = ([t for t in example.turns if t.role == "assistant"] if isinstance(example, Conversation)
+               else [example.chosen, example.rejected])
+    styles = {t.read_as for t in replies}
+    return styles.pop() if len(styles) == 1 else "mixed"

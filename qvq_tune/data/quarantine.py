@@ -3,9 +3,11 @@
 
 Every input record ends either as a sample or as one row of `quarantine.jsonl`:
 `{"source", "line" | "index", "record_index", "reason", "message", "field"?, "content_key"?,
-"record"}` where `record_index` is its position in the whole input, `record` the original
-record (or an excerpt of it when it is large or not JSON), and `content_key` (duplicates
-only) the hash the first copy was kept under.
+"read_as"?, "record"}` where `record_index` is its position in the whole input, `record` the
+original record (or an excerpt of it when it is large or not JSON), `content_key` (duplicates
+only) the hash the first copy was kept under, and `read_as` (records that parsed, failed a
+check and are not duplicates) how their replies' reasoning was read (`reasoning.READ_AS`, or
+"mixed").
 """
 
 from __future__ import annotations
@@ -72,12 +74,15 @@ def _bytes_note(obj):
 
 
 def quarantine_row(origin: Origin, code: str, message: str, record, field: str | None = None, *,
-                   record_index: int | None = None, content_key: str | None = None) -> dict:
+                   record_index: int | None = None, content_key: str | None = None,
+                   read_as: str | None = None) -> dict:
     row = {**origin.to_dict(), "record_index": record_index, "reason": code, "message": message}
     if field:
         row["field"] = field
     if content_key:
         row["content_key"] = content_key
+    if read_as:
+        row["read_as"] = read_as
     row["record"] = excerpt(record)
     return row
 

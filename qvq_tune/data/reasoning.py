@@ -8,7 +8,9 @@ Three formats (the family registry's reasoning styles), selected by `--reasoning
 The think markers come from the family record (`ModelFamily.think_tokens`); input data
 is split on the markers Qwen's thinking models write (`models.registry.THINK_TOKENS`).
 `answer_offset` finds where a written reply's answer begins, for the renderer's per-token
-reasoning / answer spans.
+reasoning / answer spans. `read_reply` says how a reply's trace was found in input data
+(`READ_AS`): in a field of its own, between think markers, before QVQ's final-answer
+marker, or not at all.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ ReasoningFormat = ReasoningStyle
 FORMATS: tuple[str, ...] = REASONING_STYLES
 
 FINAL_ANSWER_MARKER = "**Final Answer**"
+# How a reader found an assistant reply's trace: a field of its own (`reasoning_content`,
+# `reasoning`, a reasoning part), think markers inline, QVQ's trace before its final-answer
+# marker inline, or no trace at all.
+ReadAs = Literal["field", "think", "qvq", "answer-only"]
+READ_AS: tuple[str, ...] = ("field", "think", "qvq", "answer-only")
 _FINAL = re.compile(r"\*\*Final Answer:?\*\*:?", re.I)
 
 
@@ -92,9 +99,16 @@ def split_reply(text: str, think: tuple[str, str] = THINK_TOKENS) -> tuple[str |
     Think markers win; then QVQ's final-answer marker; otherwise the whole text is the
     answer and there is no separate trace.
     """
+    return read_reply(text, think)[:2]
+
+
+def read_reply(text: str, think: tuple[str, str] = THINK_TOKENS) -> tuple[str | None, str, ReadAs]:
+    """`split_reply`'s (reasoning, answer) and how the trace was found (`READ_AS`; a reply
+    with no trace is read as "answer-only", an empty think block included)."""
     m = (_THINK if think == THINK_TOKENS else _think_pattern(think)).match(text)
     if m:
-        return (m.group(1).strip() or None), m.group(2).strip()
+        trace = m.group(1).strip() or None
+        return trace, m.group(2).strip(), "think" if trace else "answer-only"
     m = None
     for m in _FINAL.finditer(text):
         pass
@@ -102,8 +116,8 @@ def split_reply(text: str, think: tuple[str, str] = THINK_TOKENS) -> tuple[str |
         trace, tail = text[:m.start()].strip(), text[m.end():].strip()
         boxed = extract_boxed(tail)
         answer = boxed if boxed is not None else tail
-        return (trace or None), answer.strip()
-    return None, text.strip()
+        return (trace or None), answer.strip(), "qvq" if trace else "answer-only"
+    return None, text.strip(), "answer-only"
 
 
 # ---- preference pairs cut where they differ (Step-DPO style) -----------------------------

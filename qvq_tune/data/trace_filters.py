@@ -3,13 +3,20 @@ training data, each check with its own quarantine reason.
 
     loops         reasoning_loop   the reply repeats itself (diagnostics.loop_report)
     language-mix  language_mix     it switches script mid-reply (diagnostics.language_mix)
-    no-answer     no_answer        a reply without a separate trace gives no final answer
-                                   (answers.extract_answer: a trace cut off, never concluded)
+    no-answer     no_answer        the reply gives no final answer (a trace cut off, never
+                                   concluded, or an answer that stops mid-sentence)
     too-long      trace_too_long   its reasoning trace is longer than --max-trace-tokens
 
 The checks run on every assistant turn of a conversation and on the chosen reply of a
 preference pair (a rejected reply is meant to be bad). The expected script is that of
 the user turns, so a Chinese dataset is judged as Chinese.
+
+Each reply is judged as the evaluator judges a generated one (`written_reply`, then
+`answers.extract_answer`), whatever shape the input gave it: a trace in a field of its
+own, inline think markers or QVQ's final-answer block are written back as one reply with
+the trace inside think markers, whose answer is what follows them; a reply without a
+trace is judged as it stands. So a reply the filter calls `no_answer` is one eval scores
+as `no_answer`, and the quarantine row says how the reply was read (`read_as`).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from .answers import extract_answer
 from .diagnostics import dominant_script, language_mix, loop_report
 from .messages import Conversation, Turn
 from .quarantine import RecordError
+from .reasoning import format_reply
 
 FILTERS: dict[str, str] = {"loops": "reasoning_loop", "language-mix": "language_mix",
                            "no-answer": "no_answer", "too-long": "trace_too_long"}
@@ -54,6 +62,12 @@ def check_replies(example, filters: tuple[str, ...], count_tokens: Callable[[str
                                   field="reasoning" if turn.reasoning else "answer")
 
 
+def written_reply(turn: Turn) -> str:
+    """An assistant turn as one reply, the way a thinking model writes it: its trace between
+    think markers, then its answer (the answer alone when it has no trace)."""
+    return format_reply(turn.reasoning, turn.text, "think") if turn.reasoning else turn.text
+
+
 def _check(name: str, turn: Turn, expected: str | None, count_tokens, max_trace_tokens: int) -> str | None:
     reply = f"{turn.reasoning}\n\n{turn.text}" if turn.reasoning else turn.text
     if name == "loops":
@@ -65,8 +79,8 @@ def _check(name: str, turn: Turn, expected: str | None, count_tokens, max_trace_
         if mix["flagged"]:
             return f"{mix['score']:.0%} of its words are not {mix['expected']} ({', '.join(mix['spans'][:3])})"
     elif name == "no-answer":
-        if not turn.reasoning and extract_answer(turn.text).answer is None:
-            return "no final answer (a trace that never concludes, or is cut off)"
+        if extract_answer(written_reply(turn)).answer is None:
+            return f"no final answer (a trace that never concludes, or is cut off; read as {turn.read_as})"
     elif name == "too-long":
         n = count_tokens(turn.reasoning or "")
         if n > max_trace_tokens:

@@ -77,6 +77,15 @@ def encode_videos(video_processor, videos: list[Video]):
                            **video_kwargs(video_processor, videos))
 
 
+def seconds_per_grid(video_processor, videos: list[Video]) -> torch.Tensor:
+    """Seconds of the source each temporal grid step spans (`temporal_patch_size` frames at
+    the sampled rate), per video: Qwen2.5-VL's `second_per_grid_ts`, computed from the same
+    metadata as its processor does. Its model spaces video positions by it; without it the
+    model assumes 1 s, right only for videos sampled at exactly 2 fps."""
+    import torch
+    return torch.tensor([video_processor.temporal_patch_size / v.metadata().sampled_fps for v in videos])
+
+
 def load_video(source) -> Video:
     """A frames folder written by the builder (what `videos` holds in a built dataset), a
     list of frame image paths, or a video file (sampled with the default settings)."""

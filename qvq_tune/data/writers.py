@@ -117,7 +117,7 @@ def make_report(out, max_tokens, counts, reasons, staged, outputs, settings, mod
         "kept_sft": counts["sft"], "kept_preference": counts["dpo"],
         "quarantine_reasons": dict(sorted(reasons.items())),
         "truncated": truncated, "duplicates_kept": counts["duplicates_kept"],
-        "field_aliases": counts["aliases"],
+        "field_aliases": counts["aliases"], "reasoning_read_as": counts["read_as"],
         "stats": stats,
         "seconds": round(seconds, 3),
         "records_per_second": round(counts["input"] / seconds, 1) if seconds > 0 else None,
@@ -137,4 +137,6 @@ def summary_line(report: dict) -> str:
         line += f"; {report['truncated']} truncated"
     if report.get("field_aliases"):
         line += "; fields read as " + "; ".join(f"{k} ({v})" for k, v in report["field_aliases"].items())
+    if report.get("reasoning_read_as"):
+        line += "; replies read as " + ", ".join(f"{k} {v}" for k, v in report["reasoning_read_as"].items())
     return line + f"; {report['records_per_second']} records/s"

@@ -2,9 +2,10 @@
 
 A forward pre-hook on the model counts, for every forward that builds a graph (the
 policy's; not a DPO reference pass or an evaluation), the real tokens (attention mask, or
-every position of a packed row), the padded positions and the samples. `take()` returns
-the counts since the last call, summed over all ranks; the metrics callback turns them
-into non-padding tokens/s, samples/s and the padding share.
+every position of a packed row), the padded positions and the samples (a packed row's,
+by its text positions restarting at 0, before or after `train/packing.py` made them 3-D).
+`take()` returns the counts since the last call, summed over all ranks; the metrics
+callback turns them into non-padding tokens/s, samples/s and the padding share.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ class BatchStats:
             self.samples += ids.shape[0]
         else:                                  # a packed row: every position is a real token
             self.tokens += ids.numel()
-            self.samples += int((pos[..., -1, :] == 0).sum()) if pos is not None and pos.ndim == 2 else ids.shape[0]
+            if pos is not None and pos.ndim == 3:  # (4, 1, L) once `train/packing.py` ran: text positions first
+                pos = pos[0]
+            self.samples += int((pos == 0).sum()) if pos is not None and pos.ndim == 2 else ids.shape[0]
 
     def attach(self, model) -> None:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -9,8 +9,10 @@ take for packed input: the text positions (from which transformers builds a caus
 that stays inside each sample: a block-diagonal mask for SDPA / eager, variable-length
 sequences for flash attention) stacked on the 3-D M-RoPE positions, computed per sample
 by the model's own `get_rope_index`, so every sample sees exactly the positions it would
-see alone. Labels need no change: each sample starts with unlabelled prompt tokens, so
-no loss crosses a sample boundary. DPO is not packed: TRL's DPOTrainer sums each row's
+see alone. Each sample gets its own images' and videos' grids (and Qwen2.5-VL's seconds
+per video grid step), counted by their tokens: Qwen3-VL writes a video as one run of
+tokens per frame, with timestamps between them. Labels need no change: each sample
+starts with unlabelled prompt tokens, so no loss crosses a sample boundary. DPO is not packed: TRL's DPOTrainer sums each row's
 log-probabilities into one sequence score (its own padding-free mode is disabled in TRL 1.16).
 """
 
@@ -21,17 +23,14 @@ import torch
 from ..models.registry import ModelFamily
 
 MODALITY_GRIDS = {1: "image_grid_thw", 2: "video_grid_thw"}      # mm_token_type_ids value -> grid input
-
-
-def _groups(types: torch.Tensor, value: int) -> int:
-    """Number of contiguous runs of `value` (one per image or video) in a 1-D tensor."""
-    hit = (types == value).int()
-    return int(((hit[1:] - hit[:-1]) == 1).sum() + hit[:1].sum())
+PER_VIDEO = ("second_per_grid_ts",)          # other per-video inputs `get_rope_index` takes, when given
 
 
 def packed_positions(multimodal, input_ids, mm_token_type_ids, text_positions, grids: dict) -> torch.Tensor:
     """(4, 1, L) position ids for one packed row: restarting text positions over the
-    per-sample 3-D positions of `multimodal.get_rope_index`."""
+    per-sample 3-D positions of `multimodal.get_rope_index`. `grids` holds the row's
+    `image_grid_thw` / `video_grid_thw` (and any `PER_VIDEO` input), in row order."""
+    merge = multimodal.config.vision_config.spatial_merge_size ** 2
     starts = (text_positions[0] == 0).nonzero().flatten().tolist() + [input_ids.shape[1]]
     used = {key: 0 for key in MODALITY_GRIDS.values()}
     pieces = []
@@ -39,10 +38,14 @@ def packed_positions(multimodal, input_ids, mm_token_type_ids, text_positions, g
         types = mm_token_type_ids[:, a:b]
         kwargs = {}
         for value, key in MODALITY_GRIDS.items():
-            n = _groups(types[0], value)
-            if n:
-                kwargs[key] = grids[key][used[key]:used[key] + n]
-                used[key] += n
+            first, tokens = used[key], int((types == value).sum())
+            while tokens > 0:                # this sample's media: the next grids, by token count
+                tokens -= int(grids[key][used[key]].prod()) // merge
+                used[key] += 1
+            if used[key] > first:
+                kwargs[key] = grids[key][first:used[key]]
+                if value == 2:
+                    kwargs.update({k: grids[k][first:used[key]] for k in PER_VIDEO if grids.get(k) is not None})
         if kwargs:
             rope, _ = multimodal.get_rope_index(input_ids[:, a:b], types, **kwargs)
         else:        # text only: plain positions on all three axes
@@ -61,7 +64,7 @@ def restart_positions_per_sample(model, family: ModelFamily):
         pos = kwargs.get("position_ids")
         if pos is None or pos.ndim != 2 or kwargs.get("attention_mask") is not None:
             return None
-        grids = {key: kwargs.get(key) for key in MODALITY_GRIDS.values()}
+        grids = {key: kwargs.get(key) for key in (*MODALITY_GRIDS.values(), *PER_VIDEO)}
         kwargs = {**kwargs, "use_cache": False,        # transformers finds packed rows only without a cache
                   "position_ids": packed_positions(base.model, kwargs["input_ids"], kwargs["mm_token_type_ids"],
                                                    pos, grids)}

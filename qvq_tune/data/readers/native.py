@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..messages import Conversation, Media, Origin, Part, PreferencePair, Turn
 from ..quarantine import RecordError
-from ..reasoning import split_reply
+from ..reasoning import read_reply
 from .base import REASONING_KEYS, as_list, check_roles, register, require_text, text_of
 
 
@@ -56,11 +56,12 @@ def reply_turn(value, key: str, reasoning: str | None = None) -> Turn:
     if value is None:
         raise RecordError("missing_field", f"field '{key}' must hold the answer text", field=key)
     value = text_of(value, key)
+    read_as = "field" if reasoning else "answer-only"
     if reasoning is None:
-        reasoning, value = split_reply(value)
+        reasoning, value, read_as = read_reply(value)
     if not value.strip():
         raise RecordError("empty_assistant", f"field '{key}' is empty", field=key)
-    return Turn("assistant", [Part.of_text(value)], reasoning=reasoning)
+    return Turn("assistant", [Part.of_text(value)], reasoning=reasoning, read_as=read_as)
 
 
 def prompt_turns(record: dict) -> list[Turn]:

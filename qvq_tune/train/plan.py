@@ -47,6 +47,9 @@ class PlanRequest:
     model: str = field(metadata={"help": "checkpoint folder, or FAMILY-SIZE: qwen2_vl-2b/7b/72b (72b = "
                                          "QVQ-72B-Preview), qwen2_5_vl-3b/7b/32b/72b", "metavar": "DIR_OR_SIZE"})
     method: Literal["qlora", "lora", "full"] = _f("lora", "training method")
+    objective: Literal["sft", "dpo"] = _f("sft", "dpo: each sample is two rows (chosen, rejected) plus the "
+                                                 "reference's forward pass")
+    device: Literal["gpu", "cpu"] = _f("gpu", "cpu: ranks on CPU processes (no CUDA context; peak resident memory)")
     gpus: int = _f(1, "GPUs (data parallel)")
     gpu_mem: float = _f(80.0, "memory per GPU, GB", metavar="GB")
     seq_len: int = _f(4096, "tokens per sample in the language model (text + image tokens)", metavar="N")
@@ -136,7 +139,7 @@ def _estimate(req: PlanRequest, parts: dict, quantisable: int, lora: int, s: dic
     adapters = 0.0 if full else trainable * b / (req.gpus if req.zero == 3 else 1)
     grads = trainable * b / state_shard
     optimizer = 0.0 if req.offload else trainable * (12 if req.zero else 2 * b) / state_shard
-    tokens = req.seq_len * req.batch_size
+    tokens = req.seq_len * req.batch_size * (2 if req.objective == "dpo" else 1)
     per_token_layer = 6 * s["h"] + 2 * s["kv"] + 4 * s["I"]
     kept = s["layers"] * s["h"] + per_token_layer if req.checkpointing else s["layers"] * per_token_layer
     activations = kept * tokens * b

@@ -10,9 +10,10 @@ the 151k vocabulary at full size, bf16 on disk), with the tiny zoo's tokenizer a
 Each stage runs as a user runs it, through the CLI in its own processes:
 
   model   the checkpoint written (random weights)
-  build   448 x 448 diagrams (256 image tokens) with reasoning traces of 1-2k tokens, SFT
-          samples and preference pairs; one 1000 x 1000 diagram at --max-pixels 1003520 (~1.2k
-          image tokens) for evaluation
+  build   448 x 448 diagrams (256 image tokens) with reasoning traces of 1-2k tokens (SFT
+          samples) and preference pairs whose replies hold half that each (two rows per pair:
+          a DPO step then scores as many tokens as an SFT step); one 1000 x 1000 diagram at
+          --max-pixels 1003520 (1,225 image tokens) for evaluation
   sft     QLoRA (nf4, r 16) for 2 steps, 2 processes under DeepSpeed ZeRO-3, activation
           checkpointing, batch 1, fp32 compute (bf16 matrix multiplies are many times slower
           on a CPU without native bf16)
@@ -146,13 +147,14 @@ def run_stage(name: str, argv: list[str], results: dict, plan: dict | None = Non
 
 
 # ---- data ----------------------------------------------------------------------------------
-def long_traces(raw: Path, tokens_per_char: float, seed: int) -> None:
-    """Repeat each trace (and each preference reply) until it holds 1-2k tokens."""
+def long_traces(raw: Path, tokens_per_char: float, seed: int, span: tuple[int, int] = TRACE_TOKENS) -> None:
+    """Repeat each trace until it holds `span` tokens (1-2k), each preference reply until it
+    holds half that (a pair is two rows: its tokens are then those of one trace)."""
     rng = random.Random(seed)
-    for name, keys in (("train.jsonl", (None,)), ("dpo_train.jsonl", ("chosen", "rejected"))):
+    for name, keys, share in (("train.jsonl", (None,), 1), ("dpo_train.jsonl", ("chosen", "rejected"), 2)):
         rows = [json.loads(line) for line in (raw / name).read_text().splitlines()]
         for r in rows:
-            target = rng.randint(*TRACE_TOKENS)
+            target = rng.randint(*span) // share
             for key in keys:
                 reply = r if key is None else r[key]
                 text = reply["reasoning"]
@@ -170,6 +172,8 @@ def main() -> int:
     parser.add_argument("--layers", type=int, help="fewer decoder layers (a quick check of the same path)")
     parser.add_argument("--vision-depth", type=int, help="fewer vision blocks (a quick check of the same path)")
     parser.add_argument("--samples", type=int, default=4, help="training samples and preference pairs")
+    parser.add_argument("--trace-tokens", type=int, nargs=2, default=TRACE_TOKENS, metavar=("MIN", "MAX"),
+                        help="tokens per training trace (default 1000 2000); preference replies get half")
     parser.add_argument("--work", default=None, help="working folder (default: $QVQ_TUNE_CACHE/real-shape)")
     parser.add_argument("--json", help="write every figure here")
     parser.add_argument("--only", help="comma-separated stages to run (sft,dpo,eval,export), reusing the earlier "
@@ -207,10 +211,11 @@ def main() -> int:
 
     # build
     from qvq_tune.synth.generate import SynthConfig, generate
-    raw = work / "raw"
+    raw = work / f"raw-{args.samples}-{args.trace_tokens[0]}-{args.trace_tokens[1]}"
     if not (raw / "train.jsonl").is_file():
         generate(SynthConfig(train=args.samples, validation=0, test=0, dpo=True, image_size=448), raw, progress=False)
-        long_traces(raw, tokens_per_char=0.4, seed=0)
+        long_traces(raw, tokens_per_char=0.4, seed=0, span=tuple(args.trace_tokens))
+    if not (work / "raw-1000" / "test.jsonl").is_file():
         generate(SynthConfig(train=0, validation=0, test=1, dpo=False, image_size=1000, seed=1), work / "raw-1000",
                  progress=False)
     pixels = ["--min-pixels", TRAIN_PIXELS, "--max-pixels", TRAIN_PIXELS]
@@ -259,15 +264,18 @@ def main() -> int:
     # eval: greedy replies, the DPO adapter on the 4-bit base as trained
     if want("eval"):
         run_stage("eval", qvq("eval", "--run", runs / "dpo", "--data", built["eval"], "--out", work / "eval-1000",
-                              "--max-new-tokens", 16, "--batch-size", 1), results, env=threads)
+                              "--max-new-tokens", 16, "--batch-size", 1), results, env=threads,
+                  plan=planned_eval(model, results["data"]["eval"]["num_tokens"]["max"], EVAL_PIXELS))
         run_stage("eval_448", qvq("eval", "--run", runs / "dpo", "--data", built["sft"], "--out", work / "eval-448",
-                                  "--max-new-tokens", 16, "--batch-size", 1, "--limit", 2), results, env=threads)
+                                  "--max-new-tokens", 16, "--batch-size", 1, "--limit", 2), results, env=threads,
+                  plan=planned_eval(model, results["data"]["sft"]["num_tokens"]["max"], TRAIN_PIXELS))
         save()
     # export: the streamed merge and its proof
     if want("export"):
         run_stage("export", qvq("export", "merge", "--run", runs / "dpo", "--out", work / "merged", "--force",
                                 "--dtype", "bf16", "--data", built["sft"], "--samples", 1, "--accept-license",
-                                "apache-2.0"), results, env=threads)
+                                "apache-2.0"), results, env=threads,
+                  plan=estimated_export(model, results["data"]["sft"]["num_tokens"]["max"], samples=1))
         proof = work / "merged" / "export_report.json"
         if proof.is_file():
             results["stages"]["export"]["proof"] = json.loads(proof.read_text()).get("proof")
@@ -275,19 +283,26 @@ def main() -> int:
 
 
 def finish(results: dict, save) -> int:
+    text = table(results)
     save()
-    print(table(results))
+    print(text)
     return 0 if all(s["error"] is None for s in results["stages"].values()) else 1
 
 
 def table(results: dict) -> str:
+    """One line per stage: seconds, the largest process's peak resident and anonymous memory,
+    the plan and its error against the peak resident size."""
     lines = [f"{results['shape']} (layers {results.get('model', {}).get('text_layers')}, vision depth "
              f"{results.get('model', {}).get('vision_depth')}) on {results['machine']}, {results['date']}",
-             f"{'stage':<13}{'seconds':>9}{'peak RSS/proc GB':>18}{'anon GB':>9}{'planned GB':>12}  error"]
+             f"{'stage':<13}{'seconds':>9}{'peak RSS/proc GB':>18}{'anon GB':>9}{'planned GB':>12}{'plan off':>10}"
+             "  error"]
     for name, s in results["stages"].items():
-        planned = (s.get("planned") or {}).get("total_gb")
-        lines.append(f"{name:<13}{s['seconds']:>9}{s['peak_rss_gb'] or '-':>18}{s['peak_anon_gb'] or '-':>9}"
-                     f"{planned if planned is not None else '-':>12}  {(s['error'] or '').strip().splitlines()[-1:] or ''}")
+        planned, peak = (s.get("planned") or {}).get("total_gb"), s["peak_rss_gb"]
+        s["plan_relative_error"] = round((planned - peak) / peak, 3) if planned and peak else None
+        off = f"{s['plan_relative_error']:+.0%}" if s["plan_relative_error"] is not None else "-"
+        error = (s["error"] or "").strip().splitlines()[-1:] or [""]
+        lines.append(f"{name:<13}{s['seconds']:>9}{peak or '-':>18}{s['peak_anon_gb'] or '-':>9}"
+                     f"{planned if planned is not None else '-':>12}{off:>10}  {error[0][:120]}")
     return "\n".join(lines)
 
 
@@ -321,6 +336,36 @@ def planned_training(model: Path, objective: str, data: dict, runtime_gb: float)
                          batch_size=1, image_pixels=TRAIN_PIXELS, dtype="float32", checkpointing=True,
                          runtime_gb=round(runtime_gb, 3), device="cpu", gpu_mem=1e6))
     return {"total_gb": p.total_gb, "terms_gb": p.gb, "seq_len": seq}
+
+
+def planned_eval(model: Path, seq: int, pixels: int) -> dict:
+    """The planner has no generation mode; its terms that apply to one process generating with
+    the 4-bit base + adapter: the weights, one layer's working set over the prompt (the
+    checkpointed figure less the stored layer inputs), the frozen vision tower at these
+    pixels, the runtime. (The KV cache of a few hundred tokens and the last position's
+    logits are under 0.1 GB here.)"""
+    from qvq_tune.train.plan import PlanRequest, plan
+    p = plan(PlanRequest(model=str(model), method="qlora", gpus=1, seq_len=seq, batch_size=1, image_pixels=pixels,
+                         dtype="float32", checkpointing=True, device="cpu", gpu_mem=1e6))
+    terms = {k: p.gb[k] for k in ("weights", "activations", "vision_activations")}
+    terms["runtime"] = round(0.9 + 0.08 * sum(terms.values()), 3)
+    return {"total_gb": round(sum(terms.values()), 2), "terms_gb": terms, "seq_len": seq,
+            "note": "planner terms for inference (qvq-tune plan plans training)"}
+
+
+def estimated_export(model: Path, seq: int, samples: int) -> dict:
+    """No planner term: the streamed merge holds one tensor at a time, but its proof holds one
+    fp32 copy of the whole model and full logits (samples x tokens x vocabulary, fp32) of the
+    reference, the base, the merged and the 4-bit models, plus two temporaries of that size."""
+    from qvq_tune.models.shapes import config_for
+    from qvq_tune.train.plan import PlanRequest, plan
+    p = plan(PlanRequest(model=str(model), method="full", dtype="float32"))
+    params = sum(v for k, v in p.parameters.items() if k in ("language_model", "vision", "merger"))
+    config, _ = config_for(str(model))
+    logits = samples * seq * config.text_config.vocab_size * 4 / GB
+    terms = {"fp32_model": round(params * 4 / GB, 3), "logits_x6": round(6 * logits, 3), "runtime": 0.9}
+    return {"total_gb": round(sum(terms.values()), 2), "terms_gb": terms, "seq_len": seq,
+            "note": "arithmetic, not qvq-tune plan (it plans training)"}
 
 
 if __name__ == "__main__":

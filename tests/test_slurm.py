@@ -26,7 +26,8 @@ def test_the_array_script_builds_each_shard_and_the_merge_script_joins_them(tmp_
     assert f"sbatch --dependency=afterok:$ID {work / 'merge.sbatch'}" in written.stdout
     assert not out.exists(), "--slurm writes the scripts, it builds nothing"
     array = (work / "build.sbatch").read_text().splitlines()
-    for line in ("#SBATCH --array=0-1", "#SBATCH --partition=cpu", "#SBATCH --time=0:20:00", "#SBATCH --cpus-per-task=1"):
+    for line in ("#SBATCH --array=0-1", "#SBATCH --partition=cpu", "#SBATCH --time=0:20:00",
+                 "#SBATCH --cpus-per-task=1"):
         assert line in array
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     elsewhere = tmp_path / "elsewhere"                 # Slurm starts tasks in the submission folder, or not

@@ -43,6 +43,9 @@ def _build(args) -> int:
     from .args import dataclass_from_arguments
 
     config = dataclass_from_arguments(BuildConfig, args)          # validates before any model is built
+    if (args.partition or args.time) and not args.slurm:
+        from ..errors import UserError
+        raise UserError(f"--{'partition' if args.partition else 'time'} needs --slurm", key="slurm")
     config = dataclasses.replace(config, model=str(resolve_model_dir(config.model)))
     if args.slurm:
         return _shard_scripts(config, args)
@@ -64,7 +67,8 @@ def _shard_scripts(config, args) -> int:
     out = Path(config.out).absolute()
     work = out.with_name(out.name + ".shards")
     (work / "logs").mkdir(parents=True, exist_ok=True)
-    absolute = dataclasses.replace(config, input=str(Path(config.input).absolute()), model=str(Path(config.model).absolute()),
+    absolute = dataclasses.replace(config, input=str(Path(config.input).absolute()),
+                                   model=str(Path(config.model).absolute()),
                                    image_root=str(Path(config.image_root).absolute()) if config.image_root else None)
     flags = arguments_from_dataclass(absolute, skip=("out", "shard_index"))
     task = '"$SLURM_ARRAY_TASK_ID"'

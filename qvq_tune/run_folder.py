@@ -7,7 +7,9 @@
                              reasoning format, and the processor / media settings of the build
     accelerate_config.yaml   the launcher preset as resolved for this run
     metrics.jsonl            one line per trainer log
-    train.log                the workers' output
+    train.log                the workers' output (a single-node job)
+    logs/node{R}.log         each node's output (a multi-node job; `logs/slurm-JOB.out` under Slurm)
+    launch.sbatch            the Slurm script of a multi-node job (`train --prepare --slurm`)
     checkpoints/checkpoint-N resumable checkpoints; complete ones hold `qvq_tune_complete.json`
     adapter/                 the final LoRA adapter (PEFT format) or full weights
     train_report.json        summary: steps, losses, wall time, trainable parameters
@@ -37,6 +39,7 @@ ACCELERATE_CONFIG, METRICS, TRAIN_LOG, TRAIN_REPORT = ("accelerate_config.yaml",
 ADAPTER_DIR, CHECKPOINTS, PLOT = "adapter", "checkpoints", "loss.png"
 MEDIA_SETTINGS = ("fps", "max_frames", "system")
 LOCK = ".train.lock"
+NODE_LOGS, SBATCH = "logs", "launch.sbatch"
 COMPLETE_MARKER = "qvq_tune_complete.json"       # written into a checkpoint once every rank saved it
 
 
@@ -128,6 +131,14 @@ class RunFolder:
     def last_complete_checkpoint(self) -> Path | None:
         done = self.checkpoints(complete=True)
         return done[-1] if done else None
+
+    def drop_checkpoints_after(self, last: Path | None) -> None:
+        """Remove the saves past `last` (None: all): ones a kill interrupted, or past the last complete save."""
+        import shutil
+        step = int(last.name.split("-")[-1]) if last is not None else -1
+        for stale in self.checkpoints():
+            if int(stale.name.split("-")[-1]) > step:
+                shutil.rmtree(stale)
 
 
 def dataset_record(train_data: str | Path, eval_data: str | Path | None = None) -> dict:

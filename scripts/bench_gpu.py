@@ -23,19 +23,28 @@ RUNS = (  # name, method, packing, liger
 )
 
 
-def sized_model(work: Path, shape: str = "qwen2_vl-2b") -> Path:
-    """Random bf16 weights in `shape`'s architecture, with the tiny zoo's tokenizer and processor."""
+def sized_model(work: Path, shape: str = "qwen2_vl-2b", *, layers: int | None = None,
+                vision_depth: int | None = None) -> Path:
+    """Random bf16 weights in `shape`'s architecture, with the tiny zoo's tokenizer and processor;
+    `layers` / `vision_depth` keep fewer decoder layers / vision blocks (every width, the
+    vocabulary and the code path unchanged) for a quick check of a script built for the full size."""
     import torch
     from transformers import AutoModelForImageTextToText
 
     from qvq_tune.models.shapes import config_for
     from qvq_tune.tiny.zoo import build_tiny
-    out = work / shape
+    out = work / (shape + (f"-L{layers}" if layers else "") + (f"-V{vision_depth}" if vision_depth else ""))
     if (out / "config.json").is_file():
         return out
-    tiny = build_tiny("qwen2_vl", work / "tiny-tokenizer")
+    config, family = config_for(shape)
+    tiny = build_tiny(family.name, work / f"tiny-tokenizer-{family.name}")
     tiny_cfg = json.loads((tiny / "config.json").read_text())
-    config, _ = config_for(shape)
+    if layers:
+        config.text_config.num_hidden_layers = layers
+        config.text_config.layer_types = config.text_config.layer_types[:layers] \
+            if getattr(config.text_config, "layer_types", None) else None
+    if vision_depth:
+        config.vision_config.depth = vision_depth
     for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
         setattr(config, key, tiny_cfg[key])
     for key in ("eos_token_id", "pad_token_id", "bos_token_id"):

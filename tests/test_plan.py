@@ -66,3 +66,22 @@ def test_cli_prints_a_verdict_and_json():
     assert "qwen2_vl-72b QLORA, 8192-token samples: fits 1 x 141 GB with checkpointing" in text
     data = json.loads(subprocess.run(cmd + ["--json"], capture_output=True, text=True, check=True).stdout)
     assert data["fits"] is True and data["total_gb"] == pytest.approx(sum(data["gb"].values()), abs=0.02)
+
+
+def test_zero3_holds_the_largest_weight_whole_and_a_cpu_run_has_its_own_terms():
+    """ZeRO-3 gathers the 151,936 x 1,536 embedding / LM head whole on every rank; on a CPU TRL's
+    torch fold of the LM head holds six tiles; DPO scores two rows per sample."""
+    from qvq_tune.train.plan import CPU_RUNTIME_GB, CPU_TILE_COPIES
+    req = dict(model="qwen2_vl-2b", method="qlora", seq_len=1000, dtype="float32")
+    z3 = plan(PlanRequest(gpus=2, zero=3, **req))
+    assert z3.gb["zero3_gathered"] == pytest.approx(151936 * 1536 * 4 / 1e9, abs=1e-3)
+    assert plan(PlanRequest(gpus=2, zero=2, **req)).gb["zero3_gathered"] == 0    # weights are whole anyway
+    cpu = plan(PlanRequest(gpus=2, zero=3, device="cpu", runtime_gb=0.5, **req))
+    assert cpu.gb["lm_head_tile"] == pytest.approx(CPU_TILE_COPIES * z3.gb["lm_head_tile"], abs=5e-3)
+    rest = sum(v for k, v in cpu.gb.items() if k != "runtime")
+    assert cpu.gb["runtime"] == pytest.approx(0.5 + 0.08 * rest, abs=2e-3)
+    assert plan(PlanRequest(gpus=2, zero=3, device="cpu", **req)).gb["runtime"] > CPU_RUNTIME_GB
+    dpo = plan(PlanRequest(gpus=2, zero=3, objective="dpo", **req))
+    assert dpo.gb["lm_head_tile"] == pytest.approx(2 * z3.gb["lm_head_tile"], abs=2e-3)
+    assert dpo.gb["activations"] == pytest.approx(2 * z3.gb["activations"], abs=2e-3)
+    assert dpo.gb["weights"] == z3.gb["weights"]

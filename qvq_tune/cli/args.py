@@ -60,3 +60,25 @@ def dataclass_from_arguments(cls, args: argparse.Namespace, **changes):
         parse = f.metadata.get("parse")
         values[f.name] = parse(value) if parse is not None and isinstance(value, str) else value
     return cls(**{**values, **changes})
+
+
+def arguments_from_dataclass(obj, skip: tuple[str, ...] = ()) -> list[str]:
+    """The flags that rebuild `obj` through `dataclass_from_arguments` (fields at their default
+    and those in `skip` left out): the command line a batch script repeats."""
+    out: list[str] = []
+    for f in _flag_fields(type(obj)):
+        default = f.default_factory() if f.default is dataclasses.MISSING and \
+            f.default_factory is not dataclasses.MISSING else f.default
+        value = getattr(obj, f.name)
+        if f.name in skip or value == default:
+            continue
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag)
+        elif isinstance(value, dict):
+            out += [flag, ",".join(f"{k}={v}" for k, v in value.items())]
+        elif isinstance(value, (list, tuple)):
+            out += [flag, ",".join(map(str, value))]
+        else:
+            out += [flag, str(value)]
+    return out

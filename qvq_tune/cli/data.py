@@ -20,6 +20,12 @@ def add_parser(sub) -> None:
                                  "rest with the model's processor and chat template into OUT/dataset "
                                  "(and OUT/preference for DPO pairs), and write OUT/report.json.")
     add_dataclass_arguments(b, BuildConfig)
+    jobs = b.add_argument_group("Slurm (with --num-shards N)")
+    jobs.add_argument("--slurm", action="store_true",
+                      help="instead of building, write OUT.shards/build.sbatch (an array job, one task per "
+                           "shard) and OUT.shards/merge.sbatch (joins them into OUT), and print how to submit them")
+    jobs.add_argument("--partition", metavar="P", help="Slurm partition")
+    jobs.add_argument("--time", metavar="T", help="Slurm time limit per task, e.g. 4:00:00")
     b.set_defaults(func=_build)
     m = s.add_parser("merge", help="join the shards of a build (--num-shards N) into one dataset",
                      description="Join the outputs of `data build --num-shards N --shard-index I` (every I "
@@ -37,9 +43,55 @@ def _build(args) -> int:
     from .args import dataclass_from_arguments
 
     config = dataclass_from_arguments(BuildConfig, args)          # validates before any model is built
+    if (args.partition or args.time) and not args.slurm:
+        from ..errors import UserError
+        raise UserError(f"--{'partition' if args.partition else 'time'} needs --slurm", key="slurm")
     config = dataclasses.replace(config, model=str(resolve_model_dir(config.model)))
+    if args.slurm:
+        return _shard_scripts(config, args)
     report = build(config, log=lambda msg: print(msg, file=sys.stderr), progress=sys.stderr.isatty())
     return _print_outputs(report)
+
+
+def _shard_scripts(config, args) -> int:
+    """A Slurm array that builds each shard of `config` and a job that merges them (README)."""
+    from pathlib import Path
+
+    from ..errors import UserError
+    from ..slurm import SlurmOptions, python_argv, quote, write_script
+    from .args import arguments_from_dataclass
+
+    if config.num_shards < 2:
+        raise UserError("--slurm writes an array of shard builds: give --num-shards N (N >= 2)", key="num_shards")
+    options = SlurmOptions(partition=args.partition, time=args.time)
+    out = Path(config.out).absolute()
+    work = out.with_name(out.name + ".shards")
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    absolute = dataclasses.replace(config, input=str(Path(config.input).absolute()),
+                                   model=str(Path(config.model).absolute()),
+                                   image_root=str(Path(config.image_root).absolute()) if config.image_root else None)
+    flags = arguments_from_dataclass(absolute, skip=("out", "shard_index"))
+    task = '"$SLURM_ARRAY_TASK_ID"'
+    build_cmd = quote(python_argv("qvq_tune", "data", "build", *flags))
+    build_cmd += f" --shard-index {task} --out {quote([str(work / 'shard-')])}{task}"
+    name = f"qvq-data-{out.name}"
+    build_script = write_script(
+        work / "build.sbatch", about=[f"Written by `qvq-tune data build --slurm`: shard I of {config.num_shards} of "
+                                      f"{out}, one array task each; {work / 'merge.sbatch'} joins them."],
+        directives={"job-name": name, "array": f"0-{config.num_shards - 1}", "ntasks": 1,
+                    **({"cpus-per-task": config.workers} if config.workers else {}), **options.directives(),
+                    "output": f"{work}/logs/build-%A_%a.out"},
+        body=[f"cd {quote([str(Path.cwd())])}", build_cmd])
+    merge_cmd = python_argv("qvq_tune", "data", "merge", *(work / f"shard-{i}" for i in range(config.num_shards)),
+                            "--out", out)
+    merge_script = write_script(
+        work / "merge.sbatch", about=[f"Written by `qvq-tune data build --slurm`: joins the shards into {out}."],
+        directives={"job-name": f"{name}-merge", "ntasks": 1, **options.directives(),
+                    "output": f"{work}/logs/merge-%j.out"},
+        body=[quote(merge_cmd)])
+    print(f"build: {build_script}\nmerge: {merge_script}\nsubmit both: ID=$(sbatch --parsable {build_script}) "
+          f"&& sbatch --dependency=afterok:$ID {merge_script}")
+    return 0
 
 
 def _merge(args) -> int:

@@ -26,13 +26,14 @@ def _run(args) -> int:
         return 0
     req = result.request
     rows = [(k.replace("_", " "), f"{v:.2f} GB") for k, v in result.gb.items()]
-    rows += [("total per GPU", f"{result.total_gb:.1f} GB of {req.gpu_mem:g}"),
+    unit = "process" if req.device == "cpu" else "GPU"
+    rows += [(f"total per {unit}", f"{result.total_gb:.1f} GB of {req.gpu_mem:g}"),
              ("trainable parameters", f"{result.parameters['trainable'] / 1e6:,.1f} M")]
     verdict = (f"{req.model} {req.method.upper() if req.method == 'qlora' else req.method}, {req.seq_len}-token "
                f"samples: {'fits' if result.fits else 'does NOT fit'} {req.gpus} x {req.gpu_mem:g} GB"
                + (f" with ZeRO-{req.zero}" if req.zero else "") + (" and offload" if req.offload else "")
                + (" with checkpointing" if req.checkpointing else ""))
-    print_summary(rows, title="qvq-tune plan (per GPU)")
+    print_summary(rows, title=f"qvq-tune plan (per {unit})")
     print(verdict)
     for line in result.advice:
         print(f"  - {line}")

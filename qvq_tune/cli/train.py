@@ -21,7 +21,14 @@ def add_parser(sub) -> None:
     mode.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--prepare", action="store_true",
                    help="check and write the run folder, print the command each node of a multi-node job "
-                        "runs, and exit (see accelerate_configs/multi_node_zero3.yaml)")
+                        "runs, and exit (see README: Multi-node)")
+    nodes = p.add_argument_group("multi-node jobs (with --prepare)")
+    nodes.add_argument("--nodes", type=int, metavar="N", help="machines (default: the preset's num_machines)")
+    nodes.add_argument("--gpus-per-node", type=int, metavar="G",
+                       help="ranks per node, on GPUs (sets launch.num_processes to N x G)")
+    nodes.add_argument("--slurm", action="store_true", help="also write runs/NAME/launch.sbatch")
+    nodes.add_argument("--partition", metavar="P", help="Slurm partition (with --slurm)")
+    nodes.add_argument("--time", metavar="T", help="Slurm time limit, e.g. 24:00:00 (with --slurm)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.set_defaults(func=_run)
 
@@ -42,11 +49,15 @@ def parse_overrides(items: list[str]) -> dict:
 def _run(args) -> int:
     import dataclasses
 
+    from ..errors import UserError
     from ..tiny.resolve import TINY, resolve_model_dir
     from ..train.config import load_recipe, recipe_path
-    from ..train.run import check, node_command, prepare, train
+    from ..train.run import check, train
 
     source = str(recipe_path(args.recipe))
+    node_flags = [f for f in ("nodes", "gpus_per_node", "slurm", "partition", "time") if getattr(args, f)]
+    if node_flags and not args.prepare:
+        raise UserError(f"--{node_flags[0].replace('_', '-')} needs --prepare", key="--prepare")
     recipe = load_recipe(source, parse_overrides(args.set))
     if args.check:
         built = recipe.model != TINY       # the tiny base is built on first use, not by a check
@@ -58,14 +69,25 @@ def _run(args) -> int:
     # Build the tiny base once, here, before any worker starts.
     recipe = dataclasses.replace(recipe, model=str(resolve_model_dir(recipe.model)))
     if args.prepare:
-        recipe, run, resume_from = prepare(recipe, resume=args.resume, overwrite=args.overwrite, source=source)
-        print(node_command(recipe, run, resume_from))
-        return 0
+        return _prepare(recipe, args, source)
     report = train(recipe, resume=args.resume, overwrite=args.overwrite, source=source)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         _table(report)
+    return 0
+
+
+def _prepare(recipe, args, source: str) -> int:
+    from ..slurm import SlurmOptions
+    from ..train.nodes import describe, prepare_nodes, shape_recipe
+    from ..train.run import prepare
+
+    slurm = SlurmOptions(partition=args.partition, time=args.time) if args.slurm else None
+    recipe, nodes = shape_recipe(recipe, args.nodes, args.gpus_per_node)
+    recipe, run, _ = prepare(recipe, resume=args.resume, overwrite=args.overwrite, source=source)
+    info = prepare_nodes(recipe, run, nodes, gpus=True if args.gpus_per_node else None, slurm=slurm)
+    print(json.dumps(info, indent=2) if args.json else describe(info))
     return 0
 
 

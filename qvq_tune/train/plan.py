@@ -20,10 +20,22 @@ rest is the arithmetic below, one term per line of the output:
   input (h) is kept, plus one layer's full set while it is recomputed. Memory-efficient
   attention (SDPA / flash) keeps no seq x seq matrix. TRL's fused LM head scores tokens in
   tiles (up to 4096 tokens x 32768 vocabulary entries, fp32), so no full logits matrix is held.
+  On a CPU (no Triton) TRL folds each tile with torch operations that hold about six
+  tile-sized tensors at once (the product, its scaled copy, the max-shifted copy, its
+  exponential, the products for entropy and the target mask; measured on a Qwen2-VL-2B-wide
+  model: +1.3-1.4 GB per vocabulary chunk at 1,773 tokens, a tile being 0.23 GB).
+  DPO (`objective dpo`) scores two rows per sample, chosen and rejected; the reference's
+  forward pass runs without gradients before the policy's and keeps nothing.
+- ZeRO-3 gathers a module's whole weights while it runs: the largest single weight (on Qwen
+  VL models the vocabulary x hidden embedding, which TRL's fused head gathers again as the
+  LM head) is whole on every rank for a while (measured: +0.93 GB fp32 on each of two CPU
+  ranks through the LM head, the 2B's 151,936 x 1,536 embedding).
 - vision: a frozen vision tower keeps nothing for backward (one block's activations are
   live at a time); a trained one keeps every block's.
 - runtime: the CUDA context and allocator slack (0.75 GB + 8% of the rest), or a measured
-  baseline (`runtime_gb`) when planning a CPU run.
+  baseline (`runtime_gb`) when planning a CPU run; `device cpu`: the process before the
+  model loads (`runtime_gb`, else 0.9 GB: Python, torch, transformers and DeepSpeed as
+  measured on Linux) + 8% of the rest for the allocator.
 """
 
 from __future__ import annotations
@@ -35,6 +47,8 @@ from typing import Literal
 
 GB = 1e9
 BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+CPU_TILE_COPIES = 6          # tile-sized tensors TRL's torch fold of the LM head holds at once (no Triton)
+CPU_RUNTIME_GB = 0.9         # a training process before its model loads, on a CPU
 
 
 def _f(default, help: str, **meta):
@@ -47,6 +61,9 @@ class PlanRequest:
     model: str = field(metadata={"help": "checkpoint folder, or FAMILY-SIZE: qwen2_vl-2b/7b/72b (72b = "
                                          "QVQ-72B-Preview), qwen2_5_vl-3b/7b/32b/72b", "metavar": "DIR_OR_SIZE"})
     method: Literal["qlora", "lora", "full"] = _f("lora", "training method")
+    objective: Literal["sft", "dpo"] = _f("sft", "dpo: each sample is two rows (chosen, rejected) plus the "
+                                                 "reference's forward pass")
+    device: Literal["gpu", "cpu"] = _f("gpu", "cpu: ranks on CPU processes (no CUDA context; peak resident memory)")
     gpus: int = _f(1, "GPUs (data parallel)")
     gpu_mem: float = _f(80.0, "memory per GPU, GB", metavar="GB")
     seq_len: int = _f(4096, "tokens per sample in the language model (text + image tokens)", metavar="N")
@@ -93,12 +110,16 @@ def _counts(req: PlanRequest):
     quantisable = lora = 0
     target = re.compile(family.lora_target_regex(vision=req.lora_vision))
     layer_sizes: dict[str, int] = {}
+    quantised_weights: set[str] = set()
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear):
             if target.fullmatch(name):
                 lora += req.lora_r * (module.in_features + module.out_features)
             if family.part_of(name) == "language_model" and not name.startswith(family.quant_skip_modules):
                 quantisable += module.weight.numel()
+                quantised_weights.add(f"{name}.weight")
+    # the largest single weight ZeRO-3 gathers whole (4-bit ones counted as such)
+    largest = max((p.numel(), n in quantised_weights) for n, p in model.named_parameters())
     for name, param in model.named_parameters():
         parts[family.part_of(name)] += param.numel()
         m = re.match(rf"{re.escape(family.language_model_prefix)}\.layers\.(\d+)\.", name)
@@ -111,7 +132,8 @@ def _counts(req: PlanRequest):
              "kv": text.num_key_value_heads * (getattr(text, "head_dim", None) or
                                                text.hidden_size // text.num_attention_heads),
              "vision_embed": embed, "vision_mlp": mlp, "vision_depth": vision.depth,
-             "patch": vision.patch_size, "layer_params": max(layer_sizes.values()), "vocab": text.vocab_size}
+             "patch": vision.patch_size, "layer_params": max(layer_sizes.values()), "vocab": text.vocab_size,
+             "largest_weight": largest}
     return parts, quantisable, lora, shape
 
 
@@ -136,19 +158,26 @@ def _estimate(req: PlanRequest, parts: dict, quantisable: int, lora: int, s: dic
     adapters = 0.0 if full else trainable * b / (req.gpus if req.zero == 3 else 1)
     grads = trainable * b / state_shard
     optimizer = 0.0 if req.offload else trainable * (12 if req.zero else 2 * b) / state_shard
-    tokens = req.seq_len * req.batch_size
+    rows = req.batch_size * (2 if req.objective == "dpo" else 1)
+    tokens = req.seq_len * rows
+    numel, quantised = s["largest_weight"]
+    gathered = numel * (per_param if quantised and req.method == "qlora" else b) if req.zero == 3 else 0.0
     per_token_layer = 6 * s["h"] + 2 * s["kv"] + 4 * s["I"]
     kept = s["layers"] * s["h"] + per_token_layer if req.checkpointing else s["layers"] * per_token_layer
     activations = kept * tokens * b
-    patches = req.images_per_sample * req.batch_size * req.image_pixels // s["patch"] ** 2
+    patches = req.images_per_sample * rows * req.image_pixels // s["patch"] ** 2
     vision_blocks = s["vision_depth"] if req.lora_vision else 1
     vision = (6 * s["vision_embed"] + 2 * s["vision_mlp"]) * patches * vision_blocks * b
-    # one fused LM-head tile (TRL scores up to 4096 tokens x a 32768-wide vocabulary chunk at a time, fp32)
-    tile = min(tokens, 4096) * min(s["vocab"], 32768) * 4
-    gb = {"weights": weights, "adapters": adapters, "gradients": grads, "optimizer": optimizer,
-          "activations": activations, "vision_activations": vision, "lm_head_tile": tile}
+    # one fused LM-head tile (TRL scores up to 4096 tokens x a 32768-wide vocabulary chunk at a time, fp32);
+    # on a CPU its torch fold holds about six tile-sized tensors at once
+    tile = min(tokens, 4096) * min(s["vocab"], 32768) * 4 * (CPU_TILE_COPIES if req.device == "cpu" else 1)
+    gb = {"weights": weights, "zero3_gathered": gathered, "adapters": adapters, "gradients": grads,
+          "optimizer": optimizer, "activations": activations, "vision_activations": vision, "lm_head_tile": tile}
     gb = {k: v / GB for k, v in gb.items()}
-    gb["runtime"] = req.runtime_gb if req.runtime_gb is not None else 0.75 + 0.08 * sum(gb.values())
+    if req.device == "cpu":
+        gb["runtime"] = (req.runtime_gb if req.runtime_gb is not None else CPU_RUNTIME_GB) + 0.08 * sum(gb.values())
+    else:
+        gb["runtime"] = req.runtime_gb if req.runtime_gb is not None else 0.75 + 0.08 * sum(gb.values())
     gb = {k: round(v, 3) for k, v in gb.items()}
     total = round(sum(gb.values()), 2)
     result = Plan(req, {**parts, "trainable": trainable, "lora_parameters": lora}, gb, total,

@@ -119,9 +119,7 @@ def prepare_run_folder(run: RunFolder, recipe: Recipe, *, resume: bool, overwrit
         if differs:
             raise UserError(f"the recipe differs from the one this run started with ({differs}); resume with "
                             "the same recipe", path=str(run.path), key=differs)
-        for stale in run.checkpoints():
-            if int(stale.name.split("-")[-1]) > int(last.name.split("-")[-1]):
-                shutil.rmtree(stale)      # a save a kill interrupted, or one past the last complete save
+        run.drop_checkpoints_after(last)
         return str(last)
     elif run.finished():
         raise UserError("this run folder holds a finished run; pass --overwrite to replace it, or choose "
@@ -175,12 +173,3 @@ def train(recipe: Recipe, *, in_process: bool = False, resume: bool = False, ove
            num_processes=recipe.launch.num_processes, run_dir=run.path)
     return run.train_report()
 
-
-def node_command(recipe: Recipe, run: RunFolder, resume_from: str | None) -> str:
-    """The command each node of a multi-node job runs (after `prepare` on a shared filesystem)."""
-    from .launch import write_resolved_config
-    from ..run_folder import ACCELERATE_CONFIG
-    config = write_resolved_config(recipe.launch.accelerate_config, recipe.launch.num_processes,
-                                   run.file(ACCELERATE_CONFIG))
-    return (f"accelerate launch --config_file {config} --machine_rank $NODE_RANK --main_process_ip $MASTER_ADDR "
-            f"--main_process_port ${{MASTER_PORT:-29500}} -m {WORKER_MODULE} {' '.join(worker_args(run, resume_from))}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from contextlib import nullcontext
 
 
@@ -21,6 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     quiet_third_party()
     run = RunFolder(args.run)
     recipe = load_recipe(run.file(RECIPE))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != recipe.launch.num_processes:
+        # e.g. one node of a multi-node job started alone, or by a launcher that fell back to
+        # this machine's own ranks: it must not finish the run by itself.
+        print(f"qvq-tune: error: this job has {world} rank(s) but the run needs launch.num_processes = "
+              f"{recipe.launch.num_processes}; start every node with the command `qvq-tune train --prepare` "
+              f"printed ({run.path})", file=sys.stderr, flush=True)
+        return 2
     with run.lock() if os.environ.get("RANK", "0") == "0" else nullcontext():
         report = objectives()[recipe.objective](recipe, run, args.resume_from)
     if report:

@@ -1,5 +1,6 @@
-"""`qvq-tune data build | merge`: turn your files into a validated, rendered training dataset,
-in one go or as shards built in parallel and merged."""
+"""`qvq-tune data build | merge | summary`: turn your files into a validated, rendered training
+dataset, in one go or as shards built in parallel and merged; print what a run or an export
+was trained on."""
 
 from __future__ import annotations
 
@@ -34,6 +35,13 @@ def add_parser(sub) -> None:
     m.add_argument("shards", nargs="+", metavar="SHARD_DIR", help="the shards' output folders")
     m.add_argument("--out", required=True, metavar="DIR", help="output folder")
     m.set_defaults(func=_merge)
+    t = s.add_parser("summary", help="what a run or an export was trained on, stage by stage",
+                     description="Print the training-data summary of a run folder, an export or a model folder "
+                                 "(its training_data.json): per stage its objective and, per dataset, records, "
+                                 "quarantine reasons, tokens, media, licences, synthetic share and filters.")
+    t.add_argument("folder", metavar="RUN_OR_EXPORT", help="a run folder (runs/NAME), an export or a model folder")
+    t.add_argument("--json", action="store_true", help="print the machine-readable document instead of a table")
+    t.set_defaults(func=_summary)
     p.set_defaults(func=lambda a: p.print_help() or 2)
 
 
@@ -99,6 +107,54 @@ def _merge(args) -> int:
 
     report = merge(args.shards, args.out, log=lambda msg: print(msg, file=sys.stderr))
     return _print_outputs(report)
+
+
+def _summary(args) -> int:
+    import json
+    from pathlib import Path
+
+    from ..data import training_data as td
+    from ..run_folder import RECIPE, RunFolder
+
+    folder = Path(args.folder)
+    doc = RunFolder(folder).training_data() if (folder / RECIPE).is_file() else td.read(folder)
+    if args.json:
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]Training data of {folder.name}[/bold]: {len(doc['stages'])} stage(s)"
+                  + (" (paths redacted)" if doc.get("paths_redacted") else ""))
+    for s in doc["stages"]:
+        table = Table(title=f"stage {s['stage']}: {s.get('name')} ({s.get('objective') or 'objective unknown'}"
+                            f"{', ' + s['method'] if s.get('method') else ''}; from {s.get('starts_from') or '?'}"
+                            f"; fingerprint {(s.get('fingerprint') or 'not recorded')[:12]})", title_justify="left")
+        for column in ("role", "dataset", "records", "kept", "quarantined", "tokens", "images", "licences",
+                       "synthetic"):
+            table.add_column(column, overflow="fold",
+                             justify="right" if column in ("records", "kept", "quarantined", "tokens", "images")
+                             else "left")
+        for d in s.get("datasets", []):
+            table.add_row(d["role"], str(d.get("hub_id") or d.get("name") or d.get("folder") or "-"),
+                          _n(d.get("records")), _n(d.get("kept")), _n(d.get("quarantined")), _n(d.get("tokens")),
+                          _n(d.get("images")), ", ".join(d.get("licenses") or ["unknown"]),
+                          f"{d['synthetic_share']:.0%}" if d.get("synthetic_share") is not None else "?")
+        console.print(table)
+        if s.get("provenance"):
+            console.print(f"  {s['provenance']}")
+        for d in s.get("datasets", []):
+            reasons = ", ".join(f"{k} {v}" for k, v in (d.get("quarantine_reasons") or {}).items())
+            filters = "; ".join(f"{f['filter']} " + ", ".join(f"{k} {f[k]}" for k in ("removed", "changed", "kept")
+                                                               if k in f) for f in d.get("filters") or [])
+            console.print(f"  {d['role']}: quarantined by reason: {reasons or 'none'}; filters: "
+                          f"{filters or 'not recorded'}" + (f"; {d['provenance']}" if d.get("provenance") else ""))
+    return 0
+
+
+def _n(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else "-"
 
 
 def _print_outputs(report: dict) -> int:

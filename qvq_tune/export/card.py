@@ -95,3 +95,84 @@ def proof_section(proof: dict) -> str:
                   "original weights it no longer meets it, so this model can score lower than the QLoRA model as "
                   "evaluated. Serve the adapter on the 4-bit base to keep that behaviour."]
     return "\n".join(lines)
+
+
+def training_data_section(doc: dict) -> str:
+    """"Training data": every stage's data, laid out on the three parts of the EU AI Office's
+    template for the public summary of training content (general information, list of data
+    sources, relevant data processing); counts and licences only, never a record's content."""
+    from ..data.training_data import SCHEMA, VERSION, totals
+
+    stages = doc["stages"]
+    lines = ["## Training data", "",
+             f"What each training stage learnt from, in order ({len(stages)} stage(s)), laid out after the EU AI "
+             "Office's template for the public summary of training content. Counts only: no record's content. "
+             f"Machine-readable: `training_data.json` (schema `{SCHEMA}`, version {VERSION})"
+             + ("; file paths left out (`--redact-paths`), files named by sha256." if doc.get("paths_redacted")
+                else "; file paths relative to each dataset's input.") + "",
+             "", "### 1. General information", "",
+             "| stage | objective | method | starts from | train records | train tokens | validation records | "
+             "synthetic share | licences | fingerprint |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in stages:
+        train, val = totals(s, "train"), totals(s, "validation")
+        licences = sorted({x for d in s.get("datasets", []) for x in d.get("licenses") or ["unknown"]})
+        lines.append(f"| {s['stage']}. {s.get('name')} | {s.get('objective') or 'unknown'} | {s.get('method') or '-'} "
+                     f"| {s.get('starts_from') or '-'} | {train['kept']:,} | {train['tokens']:,} | {val['kept']:,} "
+                     f"| {train['synthetic_share']:.0%} | {', '.join(licences) or 'unknown'} "
+                     f"| `{(s.get('fingerprint') or 'not recorded')[:12]}` |")
+    images = sum(d.get("images") or 0 for s in stages for d in s.get("datasets", []))
+    videos = sum(d.get("videos") or 0 for s in stages for d in s.get("datasets", []))
+    lines += ["", f"Modalities: text, {images:,} images, {videos:,} videos (kept samples, all stages and roles)."]
+    lines += ["", "### 2. List of data sources", ""]
+    for s in stages:
+        lines += [f"Stage {s['stage']} ({s.get('name')}):", ""]
+        if s.get("provenance"):
+            lines += [f"- {s['provenance']}", ""]
+        for d in s.get("datasets", []):
+            lines.append(f"- {d['role']}: {_dataset_label(d)}" + (f" — {d['provenance']}" if d.get("provenance") else ""))
+            for src in d.get("sources", []):
+                where = f"`{src['path']}` " if src.get("path") else ""
+                synthetic = "synthetic" if src.get("synthetic") else "not marked synthetic"
+                scripts = ", ".join(f"{k} {v:.0%}" for k, v in (src.get("reasoning_scripts") or {}).items())
+                lines.append(f"  - {where}sha256 `{src['sha256'][:16]}`, {src.get('file_type')} "
+                             f"({', '.join(src.get('record_formats') or {}) or 'no record read'}): "
+                             f"{src['records']:,} records, {src['kept']:,} kept, {src['images']:,} images "
+                             f"({src['image_tokens']:,} image tokens), {src['tokens']:,} tokens; "
+                             f"licence {src.get('license') or 'unknown'}"
+                             + (f" (from {src['license_from']})" if src.get("license_from") else "")
+                             + f"; {synthetic}" + (f"; reasoning written in {scripts}" if scripts else ""))
+        lines.append("")
+    lines += ["### 3. Relevant data processing", "",
+              "Every record was validated, rendered with the model's own chat template and processor, or "
+              "quarantined with a reason code; the filters below ran where listed.", ""]
+    for s in stages:
+        for d in s.get("datasets", []):
+            reasons = ", ".join(f"{k} {v:,}" for k, v in (d.get("quarantine_reasons") or {}).items()) or "none"
+            filters = "; ".join(_filter_text(f) for f in d.get("filters") or []) or "not recorded"
+            lines.append(f"- stage {s['stage']} {d['role']} ({_dataset_label(d, brief=True)}): quarantined "
+                         f"{d.get('quarantined') or 0:,} ({reasons}); filters: {filters}")
+    return "\n".join(lines)
+
+
+def _dataset_label(d: dict, brief: bool = False) -> str:
+    name = d.get("hub_id") or d.get("name") or d.get("folder")
+    label = f"`{name}`" if name else "a dataset"
+    if brief:
+        return label
+    if d.get("kept") is not None:
+        label += f", {d['kept']:,} records kept of {d.get('records') or 0:,}"
+    if d.get("tokens") is not None:
+        label += f", {d['tokens']:,} tokens"
+    if d.get("licenses"):
+        label += f", licence {', '.join(d['licenses'])}"
+    if d.get("synthetic_share") is not None:
+        label += f", {d['synthetic_share']:.0%} synthetic"
+    return label
+
+
+def _filter_text(f: dict) -> str:
+    for key, verb in (("removed", "removed"), ("changed", "changed"), ("kept", "kept")):
+        if key in f:
+            return f"{f['filter']} {verb} {f[key]:,}"
+    return f["filter"]

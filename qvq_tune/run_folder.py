@@ -207,10 +207,10 @@ def inherited_stages(recipe: dict, model_dir: str | Path) -> tuple[list[dict], s
         stages = _stages_in(folder)
         if stages:
             return stages, f"the adapter of stage {len(stages)} ({stages[-1].get('name')})"
-    unknown = {"name": Path(start).name, "objective": None, "method": None,
+    unknown = {"name": "an adapter without a record", "folder": Path(start).name, "objective": None, "method": None,
                "provenance": "not recorded: the start adapter has no training_data.json", "datasets": []}
     before = _stages_in(Path(model_dir)) or []
-    return before + [unknown], f"the adapter of stage {len(before) + 1} ({Path(start).name}, data not recorded)"
+    return before + [unknown], f"the adapter of stage {len(before) + 1} (its data not recorded)"
 
 
 def _stages_in(folder: Path) -> list[dict] | None:

@@ -199,4 +199,6 @@ def test_a_run_on_a_base_with_a_record_lists_the_bases_stages_first(chain, tiny_
     lone = tmp_path / "lone_adapter"
     shutil.copytree(RunFolder(chain["sft"]).adapter, lone)
     stages, starts = inherited_stages({"dpo": {"start_adapter": str(lone)}}, base)
-    assert [s["name"] for s in stages] == ["pre", "lone_adapter"] and "not recorded" in stages[1]["provenance"]
+    assert [s["name"] for s in stages] == ["pre", "an adapter without a record"]
+    assert stages[1]["folder"] == "lone_adapter" and "not recorded" in stages[1]["provenance"]
+    assert starts == "the adapter of stage 2 (its data not recorded)"

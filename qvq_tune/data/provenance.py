@@ -168,7 +168,8 @@ class SourceTally:
                      "synthetic": synthetic_reason(card) is not None, "synthetic_reason": synthetic_reason(card),
                      "license": licence, "license_from": licence_from,
                      "card_license": card_license(card) if card else None,
-                     "card_name": (card or {}).get("pretty_name"), "origin": str(f)}
+                     "dataset_card": card is not None, "card_name": (card or {}).get("pretty_name"),
+                     "origin": str(f)}
             entries.append(entry)
         return cls(entries)
 

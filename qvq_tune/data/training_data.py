@@ -36,7 +36,7 @@ SUMMED = ("records", "kept", "quarantined", "tokens", "vision_tokens", "image_to
           "videos")
 SOURCE_KEYS = ("path", "sha256", "bytes", "file_type", "record_formats", "records", "kept", "quarantined",
                "quarantine_reasons", "images", "videos", "tokens", "vision_tokens", "image_tokens", "video_tokens",
-               "reasoning_scripts", "synthetic", "synthetic_reason", "license", "license_from", "card_name")
+               "reasoning_scripts", "synthetic", "synthetic_reason", "license", "license_from", "dataset_card", "card_name")
 
 
 def dataset_summary(build_dir: str | Path, role: str) -> dict:

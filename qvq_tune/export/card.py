@@ -121,28 +121,29 @@ def training_data_section(doc: dict) -> str:
                      f"| {s.get('starts_from') or '-'} | {train['kept']:,} | {train['tokens']:,} | {val['kept']:,} "
                      f"| {train['synthetic_share']:.0%} | {', '.join(licences) or 'unknown'} "
                      f"| `{(s.get('fingerprint') or 'not recorded')[:12]}` |")
-    images = sum(d.get("images") or 0 for s in stages for d in s.get("datasets", []))
-    videos = sum(d.get("videos") or 0 for s in stages for d in s.get("datasets", []))
-    lines += ["", f"Modalities: text, {images:,} images, {videos:,} videos (kept samples, all stages and roles)."]
+    every = [(s, d) for s in stages for d in s.get("datasets", [])]
+    images, videos = (sum(d.get(k) or 0 for _, d in every) for k in ("images", "videos"))
+    modalities = ["text"] + [f"{n:,} {k} ({sum(d.get(k[:-1] + '_tokens') or 0 for _, d in every):,} {k[:-1]} tokens)"
+                             for n, k in ((images, "images"), (videos, "videos")) if n]
+    lines += ["", f"Modalities (kept samples, every stage and role): {', '.join(modalities)}."]
+    unrecorded = [s for s in stages if s.get("provenance")] + [d for _, d in every if d.get("provenance")]
+    if unrecorded:
+        lines += ["", f"Not recorded: {len(unrecorded)} stage(s) or dataset(s) carry no provenance (see below)."]
     lines += ["", "### 2. List of data sources", ""]
+    groups: dict[str, list[str]] = {title: [] for title in SOURCE_GROUPS}
+    for s, d in every:
+        for src in d.get("sources", []):
+            groups[_source_group(src)].append(f"- stage {s['stage']} {d['role']}, {_dataset_label(d, brief=True)}: "
+                                              + _source_text(src))
     for s in stages:
-        lines += [f"Stage {s['stage']} ({s.get('name')}):", ""]
         if s.get("provenance"):
-            lines += [f"- {s['provenance']}", ""]
-        for d in s.get("datasets", []):
-            lines.append(f"- {d['role']}: {_dataset_label(d)}" + (f" — {d['provenance']}" if d.get("provenance") else ""))
-            for src in d.get("sources", []):
-                where = f"`{src['path']}` " if src.get("path") else ""
-                synthetic = "synthetic" if src.get("synthetic") else "not marked synthetic"
-                scripts = ", ".join(f"{k} {v:.0%}" for k, v in (src.get("reasoning_scripts") or {}).items())
-                lines.append(f"  - {where}sha256 `{src['sha256'][:16]}`, {src.get('file_type')} "
-                             f"({', '.join(src.get('record_formats') or {}) or 'no record read'}): "
-                             f"{src['records']:,} records, {src['kept']:,} kept, {src['images']:,} images "
-                             f"({src['image_tokens']:,} image tokens), {src['tokens']:,} tokens; "
-                             f"licence {src.get('license') or 'unknown'}"
-                             + (f" (from {src['license_from']})" if src.get("license_from") else "")
-                             + f"; {synthetic}" + (f"; reasoning written in {scripts}" if scripts else ""))
-        lines.append("")
+            groups[SOURCE_GROUPS[-1]].append(f"- stage {s['stage']} ({s.get('name')}): {s['provenance']}")
+    for s, d in every:
+        if d.get("provenance"):
+            groups[SOURCE_GROUPS[-1]].append(f"- stage {s['stage']} {d['role']}: {d['provenance']}")
+    for title, rows in groups.items():
+        if rows:
+            lines += [f"#### {title}", "", *rows, ""]
     lines += ["### 3. Relevant data processing", "",
               "Every record was validated, rendered with the model's own chat template and processor, or "
               "quarantined with a reason code; the filters below ran where listed.", ""]
@@ -153,6 +154,29 @@ def training_data_section(doc: dict) -> str:
             lines.append(f"- stage {s['stage']} {d['role']} ({_dataset_label(d, brief=True)}): quarantined "
                          f"{d.get('quarantined') or 0:,} ({reasons}); filters: {filters}")
     return "\n".join(lines)
+
+
+SOURCE_GROUPS = ("Publicly available datasets (with a dataset card)", "Synthetic data",
+                 "Other sources (files without a dataset card)", "Not recorded")
+
+
+def _source_group(src: dict) -> str:
+    if src.get("synthetic"):
+        return SOURCE_GROUPS[1]
+    return SOURCE_GROUPS[0] if src.get("dataset_card") else SOURCE_GROUPS[2]
+
+
+def _source_text(src: dict) -> str:
+    where = f"`{src['path']}` " if src.get("path") else ""
+    scripts = ", ".join(f"{k} {v:.0%}" for k, v in (src.get("reasoning_scripts") or {}).items())
+    card = f"card \"{src['card_name']}\", " if src.get("card_name") else ""
+    return (f"{where}({card}sha256 `{src['sha256'][:16]}`, {src.get('file_type')}, "
+            f"{', '.join(src.get('record_formats') or {}) or 'no record read'}): {src['records']:,} records, "
+            f"{src['kept']:,} kept, {src['images']:,} images ({src['image_tokens']:,} image tokens), "
+            f"{src['tokens']:,} tokens; licence {src.get('license') or 'unknown'}"
+            + (f" (from {src['license_from']})" if src.get("license_from") else "")
+            + (f"; synthetic ({src['synthetic_reason']})" if src.get("synthetic") else "")
+            + (f"; reasoning written in {scripts}" if scripts else ""))
 
 
 def _dataset_label(d: dict, brief: bool = False) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .diagnostics import script_counts
 from .files import is_hf_dataset_dir
+from .kinds import KINDS
 from .messages import Conversation, Example
 from .trace_filters import FILTERS
 
@@ -34,7 +35,7 @@ VERSION = 1
 CARD = "README.md"
 HUB_CACHE = re.compile(r"^datasets--([\w.-]+)--([\w.-]+)$")     # huggingface_hub's cache folder name
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-COUNTS = ("records", "kept", "kept_sft", "kept_preference", "quarantined", "images", "videos", "tokens",
+COUNTS = ("records", "kept", *(f"kept_{kind}" for kind in KINDS), "quarantined", "images", "videos", "tokens",
           "vision_tokens", "image_tokens", "video_tokens")
 
 
@@ -211,7 +212,7 @@ class SourceTally:
     def kept(self, origin_source: str, kind: str, sample: dict, sign: int = 1) -> None:
         e = self.entry(origin_source)
         e["kept"] += sign
-        e["kept_sft" if kind == "sft" else "kept_preference"] += sign
+        e[f"kept_{kind}"] += sign
         images, videos = sample.get("images") or [], sample.get("videos") or []
         e["images"] += sign * len(images)
         e["videos"] += sign * len(videos)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .dataset import build_report
+from .kinds import KINDS
 
 SCHEMA, VERSION, FILE = "qvq-tune/training-data", 1, "training_data.json"
 PATH_KEYS = ("folder", "path")           # the only keys that hold paths (relative); `redact` drops them
@@ -43,7 +44,7 @@ def dataset_summary(build_dir: str | Path, role: str) -> dict:
     """The summary of one built dataset (the folder a recipe names) for a training-data document."""
     folder = Path(build_dir)
     report = build_report(folder)
-    name = folder.parent.name if folder.name in ("dataset", "preference") else folder.name
+    name = folder.parent.name if folder.name in {k.folder for k in KINDS.values()} else folder.name
     if report is None:
         return {"role": role, "folder": name, "provenance": "not recorded (no report.json)"}
     prov = report.get("provenance")

@@ -202,3 +202,34 @@ def test_a_run_on_a_base_with_a_record_lists_the_bases_stages_first(chain, tiny_
     assert [s["name"] for s in stages] == ["pre", "an adapter without a record"]
     assert stages[1]["folder"] == "lone_adapter" and "not recorded" in stages[1]["provenance"]
     assert starts == "the adapter of stage 2 (its data not recorded)"
+
+
+def test_the_tiny_bases_pre_training_is_recorded_as_its_first_stage(tiny_model, tmp_path):
+    """A base folder as `tiny/pretrain.py` leaves it (report, pretrain/ recipe and train report)
+    gains the record of its seeded caption data once, without changing its processor hash."""
+    import yaml
+
+    from qvq_tune.data.fingerprint import processor_hash
+    from qvq_tune.run_folder import inherited_stages
+    from qvq_tune.tiny.base_record import record_pretraining
+    from qvq_tune.tiny.pretrain import REPORT_FILE, BaseRecipe
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model("qwen2_vl"), base)
+    recipe = BaseRecipe(steps=2, batch_size=3)
+    (base / REPORT_FILE).write_text(json.dumps({"recipe": {"steps": 2, "batch_size": 3, "seed": 0, "spec": {}}}))
+    (base / "pretrain").mkdir()
+    run_recipe = recipe.training_recipe(base, tmp_path / "d", tmp_path / "r").to_dict()
+    (base / "pretrain" / "recipe.yaml").write_text(yaml.safe_dump(run_recipe))
+    (base / "pretrain" / "train_report.json").write_text(json.dumps({"steps": 2, "samples": 6}))
+    before = processor_hash(base)
+    record_pretraining(base, log=lambda m: None)
+    assert processor_hash(base) == before                  # datasets built with the base stay valid
+    (stage,) = json.loads((base / "training_data.json").read_text())["stages"]
+    assert (stage["name"], stage["objective"], stage["method"], stage["steps"]) == \
+        ("tiny-qvq-base pre-training", "sft", "full", 2)
+    (captions,) = stage["datasets"]
+    assert (captions["records"], captions["kept"], captions["synthetic_share"], captions["licenses"]) == \
+        (6, 6, 1.0, ["apache-2.0"])                         # steps x batch seeded captions, marked synthetic
+    assert captions["images"] == 6 and captions["image_tokens"] > 0
+    stages, _ = inherited_stages({"name": "next"}, base)
+    assert [s["name"] for s in stages] == ["tiny-qvq-base pre-training"]

@@ -8,9 +8,6 @@ building it when missing, through the same stages a user's run takes:
 3. full fine-tuning of every weight with the SFT trainer (`train.run.train`, in-process);
 4. a held-out check with the evaluator (`eval.evaluate`), on the real images and on
    blank ones (a model that reads the image drops to chance there).
-The folder keeps the pre-training run's `training_data.json` (its synthetic caption data,
-as a stage starting from random weights), so every run on the base, and every export of
-one, lists that stage first.
 The folder name hashes the recipe, the tokenizer corpus, the template and this stage's
 code, so a changed recipe builds a new base; the same recipe rebuilds the same weights
 (seeded data, init and trainer; single process).
@@ -27,11 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..data.build import BuildConfig, build
-from ..data.training_data import document
 from ..eval.evaluate import EvalOptions, load_for_eval, score_dataset
 from ..models.tiny_shapes import TinySpec
 from ..paths import atomic_dir, cache_dir, write_json_atomic
-from ..run_folder import ADAPTER_DIR, METRICS, RECIPE, TRAIN_REPORT, TRAINING_DATA, RunFolder
+from ..run_folder import ADAPTER_DIR, METRICS, RECIPE, TRAIN_REPORT
 from ..synth.captions import write_captions
 from ..synth.vocabulary import tokenizer_corpus
 from ..train.config import recipe_from_dict
@@ -121,9 +117,6 @@ def pretrain(recipe: BaseRecipe, out: Path, *, log=print) -> dict:
         (out / "pretrain").mkdir()
         for name in (RECIPE, METRICS, TRAIN_REPORT):
             shutil.copy2(sft.run_dir / name, out / "pretrain" / name)
-        stages = RunFolder(sft.run_dir).training_data()["stages"]
-        stages[-1].update(name=f"{BASE_NAME} pre-training", starts_from="random weights (the tiny zoo's qwen2_vl)")
-        write_json_atomic(out / TRAINING_DATA, document(stages))
         accuracy = caption_accuracy(out, recipe.eval_per_kind, f"{recipe.seed}:eval", work / "eval")
     result = {"name": BASE_NAME, "recipe": asdict(recipe), "fingerprint": recipe.fingerprint(),
               "train_seconds": report["wall_seconds"], "steps": report["steps"],

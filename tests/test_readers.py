@@ -478,7 +478,9 @@ EXPECTED_FORMAT = {"native.jsonl": "native", "native_dpo.jsonl": "native", "shar
                    "sharegpt_dpo.json": "sharegpt", "llava.json": "llava", "messages.jsonl": "messages",
                    "messages_dpo.jsonl": "messages", "swift.jsonl": "swift", "custom_columns.jsonl": "native",
                    "llamafactory_v1.jsonl": "messages", "llamafactory_v1_dpo.jsonl": "messages",
-                   "swift_conversation.jsonl": "swift", "reasoning_fields.jsonl": "native"}
+                   "swift_conversation.jsonl": "swift", "reasoning_fields.jsonl": "native",
+                   # one row per format, each with tools (native, OpenAI, ShareGPT, v1, ms-swift agent)
+                   "tools.jsonl": ("native", "messages", "sharegpt", "messages", "sharegpt")}
 COLUMNS = {"custom_columns.jsonl": {"question": "problem", "answer": "solution", "images": "image_path"}}
 DPO = {"native_dpo.jsonl", "sharegpt_dpo.json", "messages_dpo.jsonl", "llamafactory_v1_dpo.jsonl"}
 
@@ -504,11 +506,12 @@ def test_every_template_is_listed():
 def test_templates_parse_with_auto_detection(name):
     path = TEMPLATES / name
     records = _records(path)
-    assert 2 <= len(records) <= 4
+    assert 2 <= len(records) <= 5
     for i, raw in enumerate(records):
         record = base.apply_columns(raw, COLUMNS.get(name, {}))
         record = base.apply_columns(record, base.field_aliases(record))
-        assert matching_readers(record) == [EXPECTED_FORMAT[name]], (name, i)
+        expected = EXPECTED_FORMAT[name]
+        assert matching_readers(record) == [expected if isinstance(expected, str) else expected[i]], (name, i)
         ex = parse(raw, Origin(str(path), line=i + 1), ReaderOptions(columns=COLUMNS.get(name, {})))
         assert isinstance(ex, PreferencePair if name in DPO else (Conversation, PreferencePair))
         assert ex.media, f"{name}[{i}] references no image"

@@ -23,14 +23,27 @@ def read(record, i=0) -> Conversation:
     return parse(record, Origin("t.jsonl", index=i), ReaderOptions())
 
 
-@pytest.mark.parametrize("name, total, with_calls", [
-    ("reason_tool_use_demo_50.jsonl", 50, 31), ("glaive_toolcall_en_demo.json", 300, 153)])
-def test_llamafactory_tool_demos_are_read_whole(name, total, with_calls):
-    records = rows(LF / name)
-    examples = [read(r, i) for i, r in enumerate(records)]
-    assert len(examples) == total
-    assert sum(any(t.tool_calls for t in ex.turns) for ex in examples) == with_calls
-    for record, ex in zip(records, examples):
+def read_all(records):
+    examples, quarantined = [], {}
+    for i, r in enumerate(records):
+        try:
+            examples.append((r, read(r, i)))
+        except RecordError as exc:
+            quarantined[i] = (exc.code, exc.field)
+    return examples, quarantined
+
+
+# The reasoning demo's records 5 and 6 carry a stray `</think>` in their answer text (a trace
+# leaked past its reasoning part); every other record of both files is valid.
+@pytest.mark.parametrize("name, kept, with_calls, bad", [
+    ("reason_tool_use_demo_50.jsonl", 48, 30, {5: ("think_marker_in_answer", "messages[2].content"),
+                                               6: ("think_marker_in_answer", "messages[4].content")}),
+    ("glaive_toolcall_en_demo.json", 300, 153, {})])
+def test_llamafactory_tool_demos_every_valid_record_kept(name, kept, with_calls, bad):
+    examples, quarantined = read_all(rows(LF / name))
+    assert len(examples) == kept and quarantined == bad
+    assert sum(any(t.tool_calls for t in ex.turns) for _, ex in examples) == with_calls
+    for record, ex in examples:
         listed = json.loads(record["tools"]) if record["tools"] else []
         assert len(ex.tools) == len(listed)
         assert all(t["type"] == "function" and "name" in t["function"] for t in ex.tools)   # wrapped

@@ -32,6 +32,7 @@ REASONS: dict[str, str] = {
     "placeholder_mismatch": "the number of <image>/<video> placeholders differs from the media given",
     "empty_assistant": "there is no assistant reply, or it is empty",
     "bad_role_order": "turns are not system? (user assistant (tool assistant)*)+ in order",
+    "think_marker_in_answer": "a reply gives its reasoning apart and still has think markers in its answer text",
     "special_token_in_text": "text contains one of the chat template's control tokens (turn, vision or padding markers)",
     # tool-calling records (data/readers/tools.py)
     "bad_tool_schema": "the record's tool list is not JSON, or a tool is not a name with a JSON Schema for its parameters",

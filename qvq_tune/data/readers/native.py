@@ -17,7 +17,7 @@ import json
 
 from ..messages import Conversation, Media, Origin, Part, PreferencePair, Turn
 from ..quarantine import RecordError
-from ..reasoning import read_reply
+from ..reasoning import THINK_TOKENS, read_reply
 from .base import REASONING_KEYS, as_list, check_roles, register, require_text, text_of
 from .tools import check_calls, read_calls, read_tools
 
@@ -65,6 +65,9 @@ def reply_turn(value, key: str, reasoning: str | None = None) -> Turn:
     read_as = "field" if reasoning else "answer-only"
     if reasoning is None:
         reasoning, value, read_as = read_reply(value)
+    elif any(marker in value for marker in THINK_TOKENS):
+        raise RecordError("think_marker_in_answer", f"field '{key}' holds a think marker although the "
+                          "reply's reasoning is given apart; a trace leaked into the answer", field=key)
     if not value.strip():
         raise RecordError("empty_assistant", f"field '{key}' is empty", field=key)
     return Turn("assistant", [Part.of_text(value)], reasoning=reasoning, read_as=read_as)

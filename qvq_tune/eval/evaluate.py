@@ -49,6 +49,9 @@ class EvalOptions:
     dtype: str = "auto"                  # auto: the run's dtype, else bfloat16 on a GPU, float32 on CPU
     device: str = "auto"                 # auto: every visible GPU (device_map="auto"), else CPU
     rel_tol: float = 1e-4                # numeric answers match within this relative tolerance
+    tools: str | None = None             # a Python file of tool functions: run the tool loop (eval/tools.py)
+    max_tool_turns: int = 4              # replies per prompt in the tool loop, the last one included
+    tool_timeout: float = 10.0           # seconds per tool call
 
     def __post_init__(self):
         for key in ("max_new_tokens", "batch_size", "samples"):
@@ -63,6 +66,12 @@ class EvalOptions:
                             key="samples")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise UserError(f"--dtype must be auto or one of {', '.join(DTYPES)}", key="dtype")
+        if self.tools is not None and self.samples > 1:
+            raise UserError("--tools runs one reply per prompt; leave --samples at 1", key="samples")
+        if not isinstance(self.max_tool_turns, int) or self.max_tool_turns < 1:
+            raise UserError("--max-tool-turns must be a positive integer", key="max_tool_turns")
+        if self.tool_timeout <= 0:
+            raise UserError("--tool-timeout must be > 0 seconds", key="tool_timeout")
         if not DEVICE.match(self.device):
             raise UserError(f"--device {self.device!r}: use auto, cpu, cuda, cuda:N or mps", key="device")
 
@@ -109,6 +118,8 @@ def score_dataset(em: EvalModel, dataset_dir: str | Path, opts: EvalOptions, *, 
     set_pixel_limits(em.processor, **processor_settings(dataset_dir))   # as the samples were built
     ds = load_samples(dataset_dir)
     n = len(ds) if opts.limit is None else min(opts.limit, len(ds))
+    if opts.tools:
+        return _score_with_tools(em, ds, n, opts, blank=blank, desc=desc)
     prompts = [prompt_from_sample(ds[i], em.processor.tokenizer, em.family, em.prefix) for i in range(n)]
     batches = [blank_media(p.batch) if blank else p.batch for p in prompts]
     replies = generate_replies(em.model, em.processor, batches, max_new_tokens=opts.max_new_tokens,
@@ -121,6 +132,25 @@ def score_dataset(em: EvalModel, dataset_dir: str | Path, opts: EvalOptions, *, 
         row.update(score_reply(p.prefix + gen.text, p.reference, num_tokens=gen.num_tokens,
                                hit_budget=gen.hit_budget, reference_reply=p.reference_reply,
                                think=em.family.think_tokens, rel_tol=opts.rel_tol))
+        rows.append(row)
+    return rows
+
+
+def _score_with_tools(em: EvalModel, ds, n: int, opts: EvalOptions, *, blank: bool, desc: str) -> list[dict]:
+    """The tool loop (eval/tools.py) for every sample; each row scores the last reply."""
+    from .tools import agent_rows, load_tools, tool_prompt_from_sample, transcript_row
+    toolbox = load_tools(opts.tools, opts.tool_timeout)
+    prompts = [tool_prompt_from_sample(ds[i], em.processor.tokenizer, em.family, em.prefix) for i in range(n)]
+    batches = [blank_media(p.batch) if blank else p.batch for p in prompts]
+    states = agent_rows(em, prompts, batches, toolbox, max_turns=opts.max_tool_turns,
+                        max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, desc=desc)
+    rows, schemas = [], toolbox.schemas
+    for p, state in zip(prompts, states):
+        row = {"id": p.id, "sample": 0, "condition": "blank" if blank else "real"}
+        row.update(score_reply(p.prefix + state["replies"][-1], p.reference, num_tokens=state["tokens"],
+                               hit_budget=state["hit"], reference_reply=p.reference_reply,
+                               think=em.family.think_tokens, rel_tol=opts.rel_tol))
+        row.update(transcript_row(p, state, schemas, em.family.tool_call_tokens))
         rows.append(row)
     return rows
 

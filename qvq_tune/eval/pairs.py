@@ -35,11 +35,11 @@ import os
 import shutil
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..data.dataset import build_report, find_samples, load_samples, processor_settings
-from ..data.fingerprint import code_version, processor_hash
+from ..data.fingerprint import code_version, file_stats, processor_hash
 from ..data.messages import Origin
 from ..data.quarantine import QuarantineWriter, quarantine_row
 from ..data.reasoning import PAIR_CUTS, cut_pair
@@ -102,12 +102,13 @@ def make_pairs(out_dir: str | Path, opts: PairsOptions, *, data: str | Path, mod
     source, built = _source_build(Path(data), Path(target.model))
     eopts = opts.eval_options()
     if target.load_in_4bit and not eopts.load_in_4bit:
-        eopts = EvalOptions(**{**asdict(eopts), "load_in_4bit": True})   # sample as QLoRA trained it
+        eopts = replace(eopts, load_in_4bit=True)       # sample as QLoRA trained it
     settings = {"model": str(target.model), "adapter": str(target.adapter) if target.adapter else None,
                 "run": str(run) if run else None, "data": str(source), "source_fingerprint": built.get("fingerprint"),
                 **asdict(opts), "load_in_4bit": eopts.load_in_4bit, "out": str(out),
                 **processor_settings(source)}
-    fingerprint = _fingerprint(settings)
+    weights = [Path(p) for p in (target.model, target.adapter) if p]
+    fingerprint = _fingerprint({**settings, "weights": file_stats(weights)})
     out.mkdir(parents=True, exist_ok=True)
     previous = _finished_rows(out, fingerprint)
     (out / REPORT).unlink(missing_ok=True)                   # no report = no finished run
@@ -172,7 +173,8 @@ def _text_side(model_dir):
 
 
 def _fingerprint(settings: dict) -> str:
-    """What decides the sampled replies (not how they are paired or where they are written)."""
+    """What decides the sampled replies (not how they are paired or where they are written):
+    the settings, and the size and mtime of every file of the model and adapter folders."""
     skip = {"pair_cut", "pairs_per_prompt", "out"}
     decisive = {k: v for k, v in sorted(settings.items()) if k not in skip}
     return hashlib.sha256(json.dumps([decisive, CHUNK_PROMPTS], default=str).encode()).hexdigest()

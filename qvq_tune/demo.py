@@ -58,6 +58,14 @@ class DemoConfig:
             raise UserError("--dpo-steps must be >= 0", key="dpo_steps")
         if not 0 <= self.defect_rate <= 1:
             raise UserError("--defect-rate must be in [0, 1]", key="defect_rate")
+        from .synth.tasks import TASKS
+        if self.task not in TASKS:
+            raise UserError(f"--task {self.task!r} is not one of {', '.join(TASKS)}", key="task")
+        from .train.launch import resolve_accelerate_config
+        try:
+            resolve_accelerate_config(self.accelerate_config)
+        except UserError as exc:
+            raise UserError(f"--accelerate-config: {exc.bare_message}", key="accelerate_config") from None
 
 
 def _say(msg: str) -> None:
@@ -99,14 +107,25 @@ def _agree(comparison: dict | None) -> str:
             f"max |dlogit| {comparison['max_abs_logit_diff']:.3g}")
 
 
+def _recipe(recipe_name: str, overrides: dict, cfg: DemoConfig):
+    from .recipe import load_recipe
+    return load_recipe(recipe_name, {**overrides, "optim.seed": cfg.seed,
+                                     "launch.accelerate_config": cfg.accelerate_config,
+                                     "launch.num_processes": cfg.num_processes})
+
+
 def _train(recipe_name: str, overrides: dict, cfg: DemoConfig):
     from .run_folder import RunFolder
-    from .train.config import load_recipe
     from .train.run import train
-    recipe = load_recipe(recipe_name, {**overrides, "optim.seed": cfg.seed,
-                                       "launch.accelerate_config": cfg.accelerate_config,
-                                       "launch.num_processes": cfg.num_processes})
+    recipe = _recipe(recipe_name, overrides, cfg)
     return train(recipe, overwrite=True), RunFolder(recipe.run_dir)
+
+
+def check_recipes(cfg: DemoConfig) -> None:
+    """The demo's recipes with its settings, validated before the tiny base is built or any data made."""
+    _recipe(SFT_RECIPE, {"optim.max_steps": cfg.steps, "optim.per_device_batch_size": cfg.per_device_batch_size}, cfg)
+    if cfg.dpo_steps:
+        _recipe(DPO_RECIPE, {"optim.max_steps": cfg.dpo_steps}, cfg)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -119,6 +138,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .synth.tasks import DEFECTS
     from .tiny.pretrain import REPORT_FILE, ensure_tiny_base
 
+    check_recipes(cfg)               # before anything is built (the tiny base takes minutes on first use)
     clock = _Clock()
     out = Path(cfg.out).absolute()
     out.mkdir(parents=True, exist_ok=True)

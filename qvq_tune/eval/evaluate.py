@@ -23,7 +23,7 @@ from pathlib import Path
 from ..data.dataset import is_built, load_samples, processor_settings
 from ..errors import UserError
 from ..models.detect import detect
-from ..models.loading import DTYPES, set_pixel_limits
+from ..models.loading import DTYPES, restore_pixel_limits, set_pixel_limits
 from ..models.registry import ModelFamily, get_family
 from ..paths import write_json_atomic, write_text_atomic
 from ..run_folder import RunFolder
@@ -46,6 +46,8 @@ class EvalOptions:
     temperature: float = 0.0
     seed: int = 0
     load_in_4bit: bool = False
+    quant_type: str = "nf4"              # with load_in_4bit (a run's recipe sets both, `Recipe.loading`)
+    double_quant: bool = True
     dtype: str = "auto"                  # auto: the run's dtype, else bfloat16 on a GPU, float32 on CPU
     device: str = "auto"                 # auto: every visible GPU (device_map="auto"), else CPU
     rel_tol: float = 1e-4                # numeric answers match within this relative tolerance
@@ -63,6 +65,8 @@ class EvalOptions:
                             key="samples")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise UserError(f"--dtype must be auto or one of {', '.join(DTYPES)}", key="dtype")
+        if self.quant_type not in ("nf4", "fp4"):
+            raise UserError("--quant-type must be nf4 or fp4", key="quant_type")
         if not DEVICE.match(self.device):
             raise UserError(f"--device {self.device!r}: use auto, cpu, cuda, cuda:N or mps", key="device")
 
@@ -75,6 +79,7 @@ class EvalModel:
     family: ModelFamily
     prefix: str = ""                     # what the chat template writes after the assistant header
     info: dict = field(default_factory=dict)
+    pixel_defaults: dict = field(default_factory=dict)   # the checkpoint's own limits, restored per dataset
 
 
 def _placement(opts: EvalOptions, run_dtype: str | None) -> tuple[str, object]:
@@ -89,23 +94,29 @@ def _placement(opts: EvalOptions, run_dtype: str | None) -> tuple[str, object]:
 def load_for_eval(model_dir: str | Path, adapter: str | Path | None, opts: EvalOptions, *,
                   processor_settings: dict | None = None, run_dtype: str | None = None) -> EvalModel:
     from ..models.loading import load_model, load_processor
+    from ..models.loading import processor_pixel_limits
     family = get_family(detect(model_dir).family)
-    processor = load_processor(model_dir, **(processor_settings or {}))
+    processor = load_processor(model_dir)
+    pixel_defaults = processor_pixel_limits(processor)
+    set_pixel_limits(processor, **(processor_settings or {}))
     dtype, device_map = _placement(opts, run_dtype)
-    model = load_model(model_dir, dtype=dtype, load_in_4bit=opts.load_in_4bit, device_map=device_map)
+    model = load_model(model_dir, dtype=dtype, load_in_4bit=opts.load_in_4bit, quant_type=opts.quant_type,
+                       double_quant=opts.double_quant, device_map=device_map)
     if adapter:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
     info = {"model": str(model_dir), "adapter": str(adapter) if adapter else None, "dtype": dtype,
             "device": str(model.device), "load_in_4bit": opts.load_in_4bit,
+            **({"quant_type": opts.quant_type, "double_quant": opts.double_quant} if opts.load_in_4bit else {}),
             "processor": dict(processor_settings or {})}
-    return EvalModel(model, processor, family, generation_prefix(processor, family), info)
+    return EvalModel(model, processor, family, generation_prefix(processor, family), info, pixel_defaults)
 
 
 def score_dataset(em: EvalModel, dataset_dir: str | Path, opts: EvalOptions, *, blank: bool = False,
                   desc: str = "eval") -> list[dict]:
     """Generate for every sample (`opts.samples` replies each) and score each reply."""
+    restore_pixel_limits(em.processor, em.pixel_defaults)     # nothing carried over from a previous dataset
     set_pixel_limits(em.processor, **processor_settings(dataset_dir))   # as the samples were built
     ds = load_samples(dataset_dir)
     n = len(ds) if opts.limit is None else min(opts.limit, len(ds))
@@ -177,10 +188,12 @@ def run_eval(out_dir: str | Path, opts: EvalOptions, *, model: str | Path | None
         model = model or (folder.adapter if full else folder.model_dir())
         adapter = adapter or (None if full else folder.adapter)
         processor, reasoning = folder.processor_settings(), folder.dataset().get("reasoning")
-        run_dtype = recipe.get("dtype")
+        loading = recipe.loading()                     # load the base as the run trained it
+        run_dtype = loading["dtype"]
         data = data or folder.dataset().get("eval")
-        if recipe.get("method") == "qlora":
-            opts = replace(opts, load_in_4bit=True)    # evaluate the base as QLoRA trained it
+        if loading["load_in_4bit"]:
+            opts = replace(opts, load_in_4bit=True, quant_type=loading["quant_type"],
+                           double_quant=loading["double_quant"])
     if model is None or data is None:
         raise UserError("eval needs --model (or --run) and --data (or a run with data.eval)", key="data")
     dataset, build_info = prepare_data(data, Path(model), out_dir, processor, reasoning)

@@ -30,7 +30,7 @@ from ..paths import atomic_dir, cache_dir, write_json_atomic
 from ..run_folder import ADAPTER_DIR, METRICS, RECIPE, TRAIN_REPORT
 from ..synth.captions import write_captions
 from ..synth.vocabulary import tokenizer_corpus
-from ..train.config import recipe_from_dict
+from ..recipe import recipe_from_dict
 from ..train.run import train
 from .zoo import QVQ_TEMPLATE, build_tiny
 

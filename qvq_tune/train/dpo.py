@@ -22,7 +22,7 @@ from ..models.loading import load_processor
 from ..models.registry import get_family
 from ..run_folder import ADAPTER_DIR, RunFolder
 from .callbacks import ChosenLogpWatch, peak_memory_mib
-from .config import Recipe
+from ..recipe import Recipe
 from .mixed_batches import keep_vision_tower_in_step
 from .model_setup import adamw, build_model, keep_trainable_dtype
 from .report import finish

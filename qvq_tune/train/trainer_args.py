@@ -12,7 +12,7 @@ from transformers.trainer_callback import ProgressCallback
 from ..run_folder import CHECKPOINTS, METRICS, RunFolder
 from .batch_stats import BatchStats
 from .callbacks import MarkComplete, MetricsJsonl, Progress
-from .config import Recipe
+from ..recipe import Recipe
 from .profile import StepProfiler
 
 

@@ -4,6 +4,10 @@
 any process launches: unknown keys, wrong types and impossible combinations are user
 errors naming the file and the key. A bare name (`demo_qlora_zero3`) that is not a file
 is looked up among the recipes shipped in the package.
+
+It sits below the three jobs: a run folder's `recipe.yaml` is read back as a `Recipe`
+(`RunFolder.recipe()`) by training, evaluation and export alike, and `Recipe.loading()` is
+the one translation of a recipe into the arguments that load its base model.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from typing import Literal
 
 import yaml
 
-from .. import presets
-from ..errors import UserError
+from . import presets
+from .errors import UserError
 
 Objective = Literal["sft", "dpo"]
 Method = Literal["qlora", "lora", "full"]
@@ -235,6 +239,20 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def loading(self) -> dict:
+        """`models.loading.load_model` keyword arguments that load the base as this recipe trains it."""
+        return loading_arguments(self.method, self.dtype, self.quant)
+
+
+def loading_arguments(method: Method, dtype: DType, quant: QuantConfig | None = None) -> dict:
+    """The one translation of a recipe's settings into `models.loading.load_model` keyword
+    arguments: the dtype and, for QLoRA, 4-bit with the recipe's quant type and double
+    quantisation (`quant=None`: the recipe defaults). Training, evaluation and export all load
+    a run's base through it, so none of them can drop a setting the others carry."""
+    quant = quant or QuantConfig()
+    return {"dtype": dtype, "load_in_4bit": method == "qlora", "quant_type": quant.type,
+            "double_quant": quant.double_quant}
 
 
 # Names users reach for that live elsewhere in the recipe: `learning_rate` -> `optim.lr`.

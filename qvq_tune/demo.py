@@ -121,6 +121,12 @@ def _train(recipe_name: str, overrides: dict, cfg: DemoConfig):
     return train(recipe, overwrite=True), RunFolder(recipe.run_dir)
 
 
+def dpo_overrides(cfg: DemoConfig, base: Path, out: Path, data: dict, sft_run: Path) -> dict:
+    """What the demo sets in the DPO recipe (`scripts/demo_dpo_stage.py` re-runs the stage with them)."""
+    return {"model": str(base), "output_dir": str(out), "name": "dpo", "data.train": str(data["dpo_train"]),
+            "dpo.start_adapter": str(sft_run), "optim.max_steps": cfg.dpo_steps}
+
+
 def check_recipes(cfg: DemoConfig) -> None:
     """The demo's recipes with its settings, validated before the tiny base is built or any data made."""
     _recipe(SFT_RECIPE, {"optim.max_steps": cfg.steps, "optim.per_device_batch_size": cfg.per_device_batch_size}, cfg)
@@ -191,9 +197,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     if dpo:
         _say(f"7/9 DPO from the SFT adapter on clean-vs-defective pairs, {cfg.accelerate_config} "
              f"across {cfg.num_processes} processes")
-        dpo_report, final_run = _train(DPO_RECIPE, {
-            "model": str(base), "output_dir": str(out), "name": "dpo", "data.train": str(data["dpo_train"]),
-            "dpo.start_adapter": str(sft_run.path), "optim.max_steps": cfg.dpo_steps}, cfg)
+        dpo_report, final_run = _train(DPO_RECIPE, dpo_overrides(cfg, base, out, data, sft_run.path), cfg)
         model = load_for_eval(base, final_run.adapter, topts)
         dpo_eval = evaluate(model, data["test"], topts, out / "eval" / "dpo", desc="eval dpo")
         dpo_defects = defect_rate(model, data["test"], cfg, out / "eval" / "dpo_sampled", "sample dpo")

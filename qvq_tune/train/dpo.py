@@ -20,9 +20,9 @@ from ..data.collate import VisionPreferenceCollator
 from ..models.detect import detect
 from ..models.loading import load_processor
 from ..models.registry import get_family
+from ..recipe import Recipe
 from ..run_folder import ADAPTER_DIR, RunFolder
 from .callbacks import ChosenLogpWatch, peak_memory_mib
-from ..recipe import Recipe
 from .mixed_batches import keep_vision_tower_in_step
 from .model_setup import adamw, build_model, keep_trainable_dtype
 from .report import finish

@@ -24,8 +24,8 @@ from ..data.build import processor_hash
 from ..data.dataset import PROCESSOR_SETTINGS, build_report, find_samples, processor_settings
 from ..errors import UserError
 from ..models.detect import detect
-from ..run_folder import LOCK, RunFolder
 from ..recipe import Recipe
+from ..run_folder import LOCK, RunFolder
 from .launch import launch, resolve_accelerate_config
 
 WORKER_MODULE = "qvq_tune.train.worker"

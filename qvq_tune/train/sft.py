@@ -17,9 +17,9 @@ from ..data.dataset import load_samples
 from ..models.detect import detect
 from ..models.loading import load_processor
 from ..models.registry import get_family
+from ..recipe import Recipe
 from ..run_folder import RunFolder
 from .callbacks import peak_memory_mib
-from ..recipe import Recipe
 from .mixed_batches import keep_vision_tower_in_step
 from .packing import restart_positions_per_sample
 from .model_setup import adamw, build_model, keep_trainable_dtype

@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 def _recipe(out: Path, name: str, data: Path, base: Path, **over):
-    from qvq_tune.train.config import recipe_from_dict
+    from qvq_tune.recipe import recipe_from_dict
     body = {"name": name, "model": str(base), "method": "lora", "dtype": "float32", "output_dir": str(out / "runs"),
             "data": {"train": str(data)}, "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
             "optim": {"per_device_batch_size": 16, "lr": 0.002, "warmup_steps": 30, "scheduler": "cosine",

@@ -23,7 +23,7 @@ from pathlib import Path
 from ..data.dataset import is_built, load_samples, processor_settings
 from ..errors import UserError
 from ..models.detect import detect
-from ..models.loading import DTYPES, set_pixel_limits
+from ..models.loading import DTYPES, restore_pixel_limits, set_pixel_limits
 from ..models.registry import ModelFamily, get_family
 from ..paths import write_json_atomic, write_text_atomic
 from ..run_folder import RunFolder
@@ -46,6 +46,8 @@ class EvalOptions:
     temperature: float = 0.0
     seed: int = 0
     load_in_4bit: bool = False
+    quant_type: str = "nf4"              # with load_in_4bit (a run's recipe sets both, `Recipe.loading`)
+    double_quant: bool = True
     dtype: str = "auto"                  # auto: the run's dtype, else bfloat16 on a GPU, float32 on CPU
     device: str = "auto"                 # auto: every visible GPU (device_map="auto"), else CPU
     rel_tol: float = 1e-4                # numeric answers match within this relative tolerance
@@ -72,6 +74,8 @@ class EvalOptions:
             raise UserError("--max-tool-turns must be a positive integer", key="max_tool_turns")
         if self.tool_timeout <= 0:
             raise UserError("--tool-timeout must be > 0 seconds", key="tool_timeout")
+        if self.quant_type not in ("nf4", "fp4"):
+            raise UserError("--quant-type must be nf4 or fp4", key="quant_type")
         if not DEVICE.match(self.device):
             raise UserError(f"--device {self.device!r}: use auto, cpu, cuda, cuda:N or mps", key="device")
 
@@ -84,6 +88,7 @@ class EvalModel:
     family: ModelFamily
     prefix: str = ""                     # what the chat template writes after the assistant header
     info: dict = field(default_factory=dict)
+    pixel_defaults: dict = field(default_factory=dict)   # the checkpoint's own limits, restored per dataset
 
 
 def _placement(opts: EvalOptions, run_dtype: str | None) -> tuple[str, object]:
@@ -98,23 +103,30 @@ def _placement(opts: EvalOptions, run_dtype: str | None) -> tuple[str, object]:
 def load_for_eval(model_dir: str | Path, adapter: str | Path | None, opts: EvalOptions, *,
                   processor_settings: dict | None = None, run_dtype: str | None = None) -> EvalModel:
     from ..models.loading import load_model, load_processor
+    from ..models.loading import processor_pixel_limits
     family = get_family(detect(model_dir).family)
-    processor = load_processor(model_dir, **(processor_settings or {}))
+    processor = load_processor(model_dir)
+    pixel_defaults = processor_pixel_limits(processor)
+    set_pixel_limits(processor, **(processor_settings or {}))
     dtype, device_map = _placement(opts, run_dtype)
-    model = load_model(model_dir, dtype=dtype, load_in_4bit=opts.load_in_4bit, device_map=device_map)
+    model = load_model(model_dir, dtype=dtype, load_in_4bit=opts.load_in_4bit, quant_type=opts.quant_type,
+                       double_quant=opts.double_quant, device_map=device_map)
     if adapter:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
     info = {"model": str(model_dir), "adapter": str(adapter) if adapter else None, "dtype": dtype,
             "device": str(model.device), "load_in_4bit": opts.load_in_4bit,
+            **({"quant_type": opts.quant_type, "double_quant": opts.double_quant} if opts.load_in_4bit else {}),
             "processor": dict(processor_settings or {})}
-    return EvalModel(model, processor, family, generation_prefix(processor, family), info)
+    return EvalModel(model, processor, family, generation_prefix(processor, family), info, pixel_defaults)
 
 
 def dataset_prompts(em: EvalModel, dataset_dir: str | Path, limit: int | None = None) -> list[Prompt]:
     """The generation prompt of every built sample (the first `limit`), with the processor
-    set to the pixel limits the samples were built with."""
+    set to the pixel limits the samples were built with (nothing carried over from a
+    previous dataset)."""
+    restore_pixel_limits(em.processor, em.pixel_defaults)
     set_pixel_limits(em.processor, **processor_settings(dataset_dir))   # as the samples were built
     ds = load_samples(dataset_dir)
     n = len(ds) if limit is None else min(limit, len(ds))
@@ -164,6 +176,7 @@ def score_dataset(em: EvalModel, dataset_dir: str | Path, opts: EvalOptions, *, 
     """Generate for every sample (`opts.samples` replies each) and score each reply; with
     `opts.tools`, run the tool loop (eval/tools.py) for every sample."""
     if opts.tools:
+        restore_pixel_limits(em.processor, em.pixel_defaults)     # nothing carried over from a previous dataset
         set_pixel_limits(em.processor, **processor_settings(dataset_dir))   # as the samples were built
         ds = load_samples(dataset_dir)
         n = len(ds) if opts.limit is None else min(opts.limit, len(ds))
@@ -221,19 +234,19 @@ class Target:
     reasoning: str | None = None
     run_dtype: str | None = None
     data: str | Path | None = None        # the run's evaluation data, unless given
-    load_in_4bit: bool = False            # the run trained a QLoRA adapter on a 4-bit base
+    quant: dict = field(default_factory=dict)   # a QLoRA run's 4-bit loading (load_in_4bit, quant_type, double_quant)
 
 
 def resolve_target(*, model=None, adapter=None, run=None, data=None) -> Target:
     if run is None:
         return Target(model, adapter, data=data)
     folder = RunFolder(run)
-    recipe = folder.recipe()
+    loading = folder.recipe().loading()               # load the base as the run trained it
     full = not (folder.adapter / "adapter_config.json").is_file()
+    quant = {k: loading[k] for k in ("load_in_4bit", "quant_type", "double_quant")} if loading["load_in_4bit"] else {}
     return Target(model or (folder.adapter if full else folder.model_dir()),
                   adapter or (None if full else folder.adapter), run, folder.processor_settings(),
-                  folder.dataset().get("reasoning"), recipe.get("dtype"), data or folder.dataset().get("eval"),
-                  recipe.get("method") == "qlora")
+                  folder.dataset().get("reasoning"), loading["dtype"], data or folder.dataset().get("eval"), quant)
 
 
 def run_eval(out_dir: str | Path, opts: EvalOptions, *, model: str | Path | None = None,
@@ -242,8 +255,8 @@ def run_eval(out_dir: str | Path, opts: EvalOptions, *, model: str | Path | None
     """The `qvq-tune eval` flow; returns the summary."""
     out_dir = Path(out_dir)
     t = resolve_target(model=model, adapter=adapter, run=run, data=data)
-    if t.load_in_4bit:
-        opts = replace(opts, load_in_4bit=True)    # evaluate the base as QLoRA trained it
+    if t.quant:
+        opts = replace(opts, **t.quant)              # evaluate the base as QLoRA trained it
     if t.model is None or t.data is None:
         raise UserError("eval needs --model (or --run) and --data (or a run with data.eval)", key="data")
     dataset, build_info = prepare_data(t.data, Path(t.model), out_dir, t.processor, t.reasoning)

@@ -44,7 +44,8 @@ from ..data.messages import Origin
 from ..data.quarantine import QuarantineWriter, quarantine_row
 from ..data.reasoning import PAIR_CUTS, cut_pair
 from ..data.report import length_histogram, preference_stats
-from ..data.writers import DPO_DIR, HISTOGRAM, QUARANTINE, REPORT, SampleWriters, publish_outputs
+from ..data.kinds import PREFERENCE
+from ..data.writers import HISTOGRAM, QUARANTINE, REPORT, SampleWriters, publish_outputs
 from ..errors import UserError
 from ..paths import write_json_atomic, write_text_atomic
 from .evaluate import EvalOptions, dataset_prompts, load_for_eval, resolve_target, score_prompts
@@ -101,8 +102,8 @@ def make_pairs(out_dir: str | Path, opts: PairsOptions, *, data: str | Path, mod
         raise UserError("data pairs needs --model (or --run)", key="model")
     source, built = _source_build(Path(data), Path(target.model))
     eopts = opts.eval_options()
-    if target.load_in_4bit and not eopts.load_in_4bit:
-        eopts = replace(eopts, load_in_4bit=True)       # sample as QLoRA trained it
+    if target.quant and not eopts.load_in_4bit:
+        eopts = replace(eopts, **target.quant)          # sample as QLoRA trained it
     settings = {"model": str(target.model), "adapter": str(target.adapter) if target.adapter else None,
                 "run": str(run) if run else None, "data": str(source), "source_fingerprint": built.get("fingerprint"),
                 **asdict(opts), "load_in_4bit": eopts.load_in_4bit, "out": str(out),
@@ -237,7 +238,7 @@ def _reply_text(row: dict, prefix: str, turn_end: str) -> str:
 
 def preference_sample(source: dict, prompt_ids: list[int], chosen: str, rejected: str, cut: str,
                       tokenizer) -> tuple[dict, str, list[str]]:
-    """A `data build` preference sample (`writers._features("dpo")`) of two replies to the
+    """A `data build` preference sample (`writers._features("preference")`) of two replies to the
     prompt of the SFT sample `source`, cut per `cut`; also the shared text and the parts."""
     shared, parts = cut_pair(chosen, rejected, cut)
     ids = list(prompt_ids) + (tokenizer(shared, add_special_tokens=False)["input_ids"] if shared else [])
@@ -278,7 +279,7 @@ def _write_pairs(out: Path, rows: list[dict], ds, opts: PairsOptions, prefix: st
                 for k, (good, bad, why) in enumerate(made.pairs):
                     texts = [_reply_text(r, prefix, family.turn_end) for r in (good, bad)]
                     sample, shared, parts = preference_sample(source, prompt_ids, *texts, opts.pair_cut, tokenizer)
-                    writers.write("dpo", sample)
+                    writers.write(PREFERENCE.name, sample)
                     reasons[reason(why)] += 1
                     tags.update(why)
                     pair_rows.append(json.dumps({
@@ -288,14 +289,14 @@ def _write_pairs(out: Path, rows: list[dict], ds, opts: PairsOptions, prefix: st
                         "chosen_extracted": good["extracted"], "rejected_extracted": bad["extracted"],
                         "chosen": texts[0], "rejected": texts[1], "cut": opts.pair_cut, "shared": shared,
                         "chosen_part": parts[0], "rejected_part": parts[1]}, ensure_ascii=False) + "\n")
-        if not writers.counts["dpo"]:
-            writers.write_empty("dpo")
+        if not writers.counts[PREFERENCE.name]:
+            writers.write_empty(PREFERENCE.name)
         staged = writers.finish()
         write_text_atomic(stage / PAIRS, "".join(pair_rows))
         outputs = publish_outputs(out, stage, staged)
         os.replace(stage / PAIRS, out / PAIRS)
-        length_histogram(out / HISTOGRAM, {"preference": staged["dpo"].data.column("num_tokens").to_numpy()})
-        stats = {"preference": preference_stats(staged["dpo"])}
+        length_histogram(out / HISTOGRAM, {"preference": staged[PREFERENCE.name].data.column("num_tokens").to_numpy()})
+        stats = {"preference": preference_stats(staged[PREFERENCE.name])}
         staged.clear()
     finally:
         shutil.rmtree(stage, ignore_errors=True)

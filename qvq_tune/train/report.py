@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from ..paths import atomic_file, write_json_atomic
+from ..recipe import Recipe
 from ..run_folder import METRICS, PLOT, TRAIN_REPORT, RunFolder
 from .callbacks import peak_memory_mib, read_metrics
-from .config import Recipe
 from .model_setup import trainable_summary, zero3_partition
 
 

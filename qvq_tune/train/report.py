@@ -21,15 +21,16 @@ def _series(rows: list[dict], key: str) -> list[float]:
 
 def finish(trainer, result, recipe: Recipe, run: RunFolder, processor, **report_kwargs) -> dict:
     """Save the adapter (or full weights) with the processor, then the report and plot."""
+    partition = zero3_partition(trainer.model_wrapped)      # every rank's holdings, before the save gathers
     trainer.save_model(str(run.adapter))
     if not trainer.is_world_process_zero():
         return {}
     processor.save_pretrained(str(run.adapter))
-    return write_report(trainer, result, recipe, run, **report_kwargs)
+    return write_report(trainer, result, recipe, run, zero3=partition, **report_kwargs)
 
 
 def write_report(trainer, result, recipe: Recipe, run: RunFolder, *, samples: int, started: float,
-                 resumed_from: str | None, rss_before_model_mib: float) -> dict:
+                 resumed_from: str | None, rss_before_model_mib: float, zero3: dict | None = None) -> dict:
     rows = read_metrics(run.file(METRICS))
     losses, evals = _series(rows, "loss"), _series(rows, "eval_loss")
 
@@ -51,7 +52,7 @@ def write_report(trainer, result, recipe: Recipe, run: RunFolder, *, samples: in
         "collate_seconds": round(trainer.data_collator.seconds, 2) if trainer.args.dataloader_num_workers == 0 else None,
         "num_tokens": _series(rows, "num_tokens")[-1] if _series(rows, "num_tokens") else None,
         **trainable_summary(trainer.model), **peak_memory_mib(), "rss_before_model_mib": rss_before_model_mib,
-        "zero3_partition": zero3_partition(trainer.model_wrapped),
+        "zero3_partition": zero3,
     }
     for key in DPO_KEYS:
         values = _series(rows, key)

@@ -50,7 +50,7 @@ def write_report(trainer, result, recipe: Recipe, run: RunFolder, *, samples: in
         "resumed_from": resumed_from, "adapter": str(run.adapter),
         "pixel_cache": trainer.data_collator.pixels.stats() if trainer.args.dataloader_num_workers == 0 else None,
         "collate_seconds": round(trainer.data_collator.seconds, 2) if trainer.args.dataloader_num_workers == 0 else None,
-        "num_tokens": _series(rows, "num_tokens")[-1] if _series(rows, "num_tokens") else None,
+        "num_tokens": next(iter(_series(rows, "tokens_seen")[-1:] or _series(rows, "num_tokens")[-1:]), None),
         **trainable_summary(trainer.model), **peak_memory_mib(), "rss_before_model_mib": rss_before_model_mib,
         "zero3_partition": zero3,
     }

@@ -33,6 +33,15 @@ def datasets(recipe: Recipe, kind: str):
             load_samples(recipe.data.eval, kind) if recipe.data.eval else None)
 
 
+def lm_head(recipe: Recipe) -> str:
+    """`loss.lm_head` for this machine: "auto" is TRL's fused head on CUDA (its Triton kernel
+    scores the labelled positions only, without the logits), the labelled positions elsewhere."""
+    import torch
+    if recipe.loss.lm_head != "auto":
+        return recipe.loss.lm_head
+    return "fused" if torch.cuda.is_available() else "labelled"
+
+
 def run_sft(recipe: Recipe, run: RunFolder, resume_from: str | None = None) -> dict:
     from trl import SFTConfig
 
@@ -53,7 +62,7 @@ def run_sft(recipe: Recipe, run: RunFolder, resume_from: str | None = None) -> d
                               **pixel_cache(recipe, len(train_ds), args.world_size, processor.image_processor))
     trainer = WeightedSFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                  data_collator=collator, processing_class=processor,
-                                 optimizers=(adamw(model, recipe, family), None))
+                                 optimizers=(adamw(model, recipe, family), None), lm_head=lm_head(recipe))
     keep_trainable_dtype(trainer.model, recipe.dtype)
     attach(trainer, run, recipe, family)
     result = trainer.train(resume_from_checkpoint=resume_from)

@@ -143,10 +143,14 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    """Objective sft: per-token loss weights by span (the builder marks reasoning and
-    final-answer tokens)."""
+    """Objective sft: per-token loss weights by span (the builder marks reasoning and final-answer tokens), and
+    how the SFT loss reads the LM head (`train/weighted_sft.py`): "fused" is TRL's chunked head
+    over the positions it picks (all of them off CUDA), with its entropy and token-accuracy
+    metrics; "labelled" projects only the positions whose next token is labelled, through the
+    model's own head (`logits_to_keep`), as ms-swift does; "auto": fused on CUDA, labelled elsewhere."""
     reasoning_weight: float = 1.0
     answer_weight: float = 1.0
+    lm_head: Literal["auto", "fused", "labelled"] = "auto"
 
     def __post_init__(self):
         for key in ("reasoning_weight", "answer_weight"):

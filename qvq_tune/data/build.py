@@ -16,8 +16,8 @@ its `record_index` (`p`) and every sample its `content_key`, which is what the m
 orders and de-duplicates by.
 
 Layout of OUT:
-    dataset/          SFT samples, `datasets.load_from_disk` (memory-mapped Arrow)
-    preference/       DPO samples, when the input holds preference pairs
+    dataset/          sft samples, `datasets.load_from_disk` (memory-mapped Arrow)
+    preference/       preference pairs, when the input holds them (data kinds: `kinds.py`)
     quarantine.jsonl  one row per rejected record (see quarantine.py), with its `record_index`
     report.json       counts, reasons, truncated samples, the field aliases applied (see
                       readers/base.py), how many records' replies were read in each
@@ -58,6 +58,7 @@ from ..errors import UserError
 from ..paths import write_json_atomic
 from .build_config import BuildConfig
 from .files import input_files, iter_file
+from .kinds import KINDS, PREFERENCE, SFT
 from .fingerprint import cached_report, processor_hash
 from .fingerprint import fingerprint as build_fingerprint
 from .media import MediaOptions, MediaResolver
@@ -107,7 +108,7 @@ class _Worker:
         return outcomes, self.resolver.drain_touched()
 
     def one(self, origin: Origin, raw, error, root: Path) -> tuple:
-        """("sft" | "dpo", sample, content key, aliases, read as) or ("bad", (code, message, field),
+        """(data kind name, sample, content key, aliases, read as) or ("bad", (code, message, field),
         None, aliases, read as); `aliases` is the field mapping `readers.parse` applied ("" for
         none), `read as` how its replies' reasoning was read (None when it did not parse)."""
         if error is not None:
@@ -118,9 +119,9 @@ class _Worker:
             check_replies(example, self.filters, self.count_tokens, self.max_trace_tokens)
             media = [self.resolver.resolve(m, root) for m in example.media]
             if isinstance(example, Conversation):
-                kind, sample = "sft", self.renderer.render(example, media)
+                kind, sample = SFT.name, self.renderer.render(example, media)
             else:
-                kind, sample = "dpo", self.renderer.render_pair(example, media)
+                kind, sample = PREFERENCE.name, self.renderer.render_pair(example, media)
         except RecordError as exc:
             return "bad", (exc.code, exc.message, exc.field), None, aliases_text(example), _read_as(example)
         except RenderError as exc:
@@ -316,7 +317,7 @@ def _process(config, spec, files, workers, stage, progress):
             bar.update(len(items))
     bar.close()
     media_index = {p: (list(s) if s else None) for p, s in sorted(media_index.items())}
-    counts = {"input": n_input, "sft": writers.counts["sft"], "dpo": writers.counts["dpo"],
+    counts = {"input": n_input, **{kind: writers.counts[kind] for kind in KINDS},
               "duplicates_kept": dedup.kept, "aliases": dict(sorted(aliases.items())),
               "read_as": dict(sorted(styles.items()))}
     return counts, quarantine.counts, media_index, writers.finish()

@@ -30,9 +30,10 @@ from ..paths import write_json_atomic
 from .build import Deduplicator, duplicate_message
 from .fingerprint import code_version
 from .files import iter_raw
+from .kinds import KINDS
 from .messages import Origin
 from .quarantine import QuarantineWriter, RecordError, excerpt, quarantine_row
-from .writers import (CACHE, DPO_DIR, MEDIA_DIR, QUARANTINE, REPORT, SFT_DIR, SampleWriters, make_report,
+from .writers import (CACHE, MEDIA_DIR, QUARANTINE, REPORT, SampleWriters, make_report,
                       publish_outputs, summary_line)
 
 # Settings that may differ between the shards of one build.
@@ -66,13 +67,13 @@ class Shard:
         return cls(path, report)
 
     def rows(self, shard_no: int) -> Iterator[tuple]:
-        """(record_index, shard no, "sft" | "dpo" | "bad", row) in input order."""
+        """(record_index, shard no, data kind name | "bad", row) in input order."""
         from datasets import load_from_disk
 
         def tagged(kind: str, rows) -> Iterator[tuple]:
             return ((row["record_index"], shard_no, kind, row) for row in rows)
-        streams = [tagged(kind, load_from_disk(str(self.path / name)))
-                   for kind, name in (("sft", SFT_DIR), ("dpo", DPO_DIR)) if (self.path / name).is_dir()]
+        streams = [tagged(kind.name, load_from_disk(str(self.path / kind.folder)))
+                   for kind in KINDS.values() if (self.path / kind.folder).is_dir()]
         streams.append(tagged("bad", self._quarantine()))
         return heapq.merge(*streams, key=lambda t: t[0])
 
@@ -180,8 +181,7 @@ def _join(shards: list[Shard], settings: dict, out: Path, stage: Path, log):
             quarantine.write(row)
     if refetch:
         _restore_records(stage / QUARANTINE, refetch, settings["input"], log)
-    counts = {"input": n_input, "sft": writers.counts["sft"], "dpo": writers.counts["dpo"],
-              "duplicates_kept": dedup.kept}
+    counts = {"input": n_input, **{kind: writers.counts[kind] for kind in KINDS}, "duplicates_kept": dedup.kept}
     return counts, quarantine.counts, writers.finish()
 
 

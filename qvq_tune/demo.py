@@ -142,6 +142,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .paths import write_text_atomic
     from .synth.generate import SynthConfig, generate
     from .synth.tasks import DEFECTS
+    from .tiny.base_record import record_pretraining
     from .tiny.pretrain import REPORT_FILE, ensure_tiny_base
 
     check_recipes(cfg)               # before anything is built (the tiny base takes minutes on first use)
@@ -152,6 +153,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     _say("1/9 tiny base model (pre-trained once, then cached)")
     base = ensure_tiny_base(log=_say)
+    record_pretraining(base, log=_say)
     base_pretrain = json.loads((base / REPORT_FILE).read_text())
     clock.stage("base")
 

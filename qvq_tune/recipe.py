@@ -5,15 +5,15 @@ any process launches: unknown keys, wrong types and impossible combinations are 
 errors naming the file and the key. A bare name (`demo_qlora_zero3`) that is not a file
 is looked up among the recipes shipped in the package.
 
-It sits below the three jobs: a run folder's `recipe.yaml` is read back as a `Recipe`
-(`RunFolder.recipe()`) by training, evaluation and export alike, and `Recipe.loading()` is
-the one translation of a recipe into the arguments that load its base model.
-
 Each objective has one recipe section (`SECTION_OF`), a dataclass that checks its own
 values and, in `check_recipe`, what it needs of the rest of the recipe. A section of
 another objective left at its defaults is ignored; set, it is an error (it would not
 apply). The objective itself (its trainer, data kind, checks, report keys) is a record in
 its module, `train/<objective>.py` (`train/objectives.py`).
+
+It sits below the three jobs: a run folder's `recipe.yaml` is read back as a `Recipe`
+(`RunFolder.recipe()`) by training, evaluation and export alike, and `Recipe.loading()` is
+the one translation of a recipe into the arguments that load its base model.
 """
 
 from __future__ import annotations
@@ -143,10 +143,14 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    """Objective sft: per-token loss weights by span (the builder marks reasoning and
-    final-answer tokens)."""
+    """Objective sft: per-token loss weights by span (the builder marks reasoning and final-answer tokens), and
+    how the SFT loss reads the LM head (`train/weighted_sft.py`): "fused" is TRL's chunked head
+    over the positions it picks (all of them off CUDA), with its entropy and token-accuracy
+    metrics; "labelled" projects only the positions whose next token is labelled, through the
+    model's own head (`logits_to_keep`), as ms-swift does; "auto": fused on CUDA, labelled elsewhere."""
     reasoning_weight: float = 1.0
     answer_weight: float = 1.0
+    lm_head: Literal["auto", "fused", "labelled"] = "auto"
 
     def __post_init__(self):
         for key in ("reasoning_weight", "answer_weight"):

@@ -80,9 +80,14 @@ def proof_batch(src: Sources, samples: int) -> dict:
         return VisionCollator(processor)([ds[i] for i in range(len(ds))])
 
 
-def dataset_names(src: Sources) -> list[str]:
-    """The training data's source file, for the card's `datasets` (a run only)."""
-    from ..data.dataset import build_report
-    report = build_report(src.train_data) if src.train_data else None
-    source = (report or {}).get("settings", {}).get("input")
-    return [Path(source).name] if source else []
+def training_data(src: Sources, *, redact_paths: bool = False) -> dict:
+    """The training-data document the export carries: the run's (its chain of stages), or
+    with --base/--adapter the adapter's own record (an exported adapter, a run's adapter/),
+    else the base's stages and the adapter as a stage whose data is not recorded."""
+    from ..data import training_data as td
+    from ..run_folder import inherited_stages
+    if src.run is not None:
+        doc = RunFolder(src.run).training_data()
+    else:
+        doc = td.document(inherited_stages({"export": {"start_adapter": str(src.adapter_dir)}}, src.base)[0])
+    return td.redact(doc) if redact_paths else doc

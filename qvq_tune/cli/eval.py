@@ -26,7 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     p.add_argument("--device", default="auto", help="auto (all GPUs, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--load-in-4bit", action="store_true", help="quantise the base as QLoRA trained it "
-                   "(automatic with --run of a QLoRA run)")
+                   "(automatic with --run of a QLoRA run, with its recipe's quant settings)")
+    p.add_argument("--quant-type", default="nf4", choices=("nf4", "fp4"), help="with --load-in-4bit")
+    p.add_argument("--no-double-quant", dest="double_quant", action="store_false", help="with --load-in-4bit")
     p.add_argument("--blank-images", action="store_true",
                    help="also score with every image and video frame blanked (image reliance)")
     p.add_argument("--tools", metavar="FILE.py", help="run the tool loop: a Python file whose functions are "
@@ -61,7 +63,8 @@ def _run(args) -> int:
         raise UserError("eval needs --model and --data, or --run (its data.eval, or --data)", key="data")
     opts = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit,
                        blank_images=args.blank_images, samples=args.samples, temperature=args.temperature,
-                       seed=args.seed, load_in_4bit=args.load_in_4bit, dtype=args.dtype, device=args.device,
+                       seed=args.seed, load_in_4bit=args.load_in_4bit, quant_type=args.quant_type,
+                       double_quant=args.double_quant, dtype=args.dtype, device=args.device,
                        tools=args.tools, max_tool_turns=args.max_tool_turns, tool_timeout=args.tool_timeout)
     model = resolve_model_dir(args.model) if args.model else None
     summary = run_eval(args.out, opts, model=model, adapter=args.adapter, run=args.run, data=args.data)

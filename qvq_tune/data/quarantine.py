@@ -47,6 +47,10 @@ REASONS: dict[str, str] = {
     "language_mix": "--filter language-mix: the reply switches to another script mid-way",
     "no_answer": "--filter no-answer: the reply never reaches a final answer",
     "trace_too_long": "--filter too-long: the reasoning trace is longer than --max-trace-tokens",
+    # `data pairs`: a prompt whose sampled replies give no preference pair (eval/pairing.py)
+    "all_right": "data pairs: every sampled reply is right and clean, nothing to reject",
+    "all_wrong": "data pairs: no sampled reply is right, nothing to choose",
+    "all_defective": "data pairs: every right sampled reply is defective, nothing clean to choose",
 }
 
 EXCERPT_CHARS = 2000

@@ -7,6 +7,7 @@ Layout of OUT:
                                                    rejected one
     images/<split>/<n>.png
     manifest.json                                  task, seed, sizes, counts
+    README.md                                      a dataset card marking the folder synthetic
     tools.py                                       a tool task's tools (`qvq-tune eval --tools`)
 No scene (shape, colour, cells) appears in two splits, so test images are held out.
 With `defect_rate` > 0 that share of the training traces carries a defect a distilled
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..paths import atomic_dir, write_json_atomic
+from .card import write_synthetic_card
 from .scenes import draw, random_scene
 from .tasks import DEFECTS, TASKS, Worked, language_mixed, looping
 
@@ -129,6 +131,8 @@ def generate(cfg: SynthConfig, out: str | os.PathLike, *, progress: bool = True)
             (tmp / "tools.py").write_text(task.tools_file(), encoding="utf-8")
             manifest["tools"] = "tools.py"
         write_json_atomic(tmp / "manifest.json", manifest)
+        write_synthetic_card(tmp, f"qvq-tune synthetic task {cfg.task}",
+                             f"{task.description} (`qvq-tune synth --task {cfg.task} --seed {cfg.seed}`).")
     return manifest
 
 

@@ -145,6 +145,7 @@ def parse(record, origin: Origin, options: ReaderOptions) -> Example:
         raise in_their_names(exc, {**options.columns, **aliases}) from None
     if aliases:
         example.meta["aliases"] = aliases
+    example.meta["format"] = name          # the build's provenance counts records per format
     return example
 
 

@@ -221,10 +221,12 @@ def test_the_tiny_bases_pre_training_is_recorded_as_its_first_stage(tiny_model, 
     run_recipe = recipe.training_recipe(base, tmp_path / "d", tmp_path / "r").to_dict()
     (base / "pretrain" / "recipe.yaml").write_text(yaml.safe_dump(run_recipe))
     (base / "pretrain" / "train_report.json").write_text(json.dumps({"steps": 2, "samples": 6}))
+    files = sorted(p.name for p in base.iterdir())
     before = processor_hash(base)
-    record_pretraining(base, log=lambda m: None)
-    assert processor_hash(base) == before                  # datasets built with the base stay valid
-    (stage,) = json.loads((base / "training_data.json").read_text())["stages"]
+    record = record_pretraining(base, log=lambda m: None)
+    assert record == tmp_path / "base.training_data.json"  # beside the base: the folder stays as it was
+    assert sorted(p.name for p in base.iterdir()) == files and processor_hash(base) == before
+    (stage,) = json.loads(record.read_text())["stages"]
     assert (stage["name"], stage["objective"], stage["method"], stage["steps"]) == \
         ("tiny-qvq-base pre-training", "sft", "full", 2)
     (captions,) = stage["datasets"]

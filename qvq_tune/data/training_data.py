@@ -84,14 +84,24 @@ def document(stages: list[dict]) -> dict:
             "stages": [{**s, "stage": n} for n, s in enumerate(stages, 1)]}
 
 
+def beside(folder: str | Path) -> Path:
+    """Where the record of a folder that must not change (the cached tiny base, which runs in
+    flight read) lies: `NAME.training_data.json` next to it."""
+    folder = Path(folder)
+    return folder.with_name(f"{folder.name}.{FILE}")
+
+
 def find(folder: str | Path) -> Path | None:
-    path = Path(folder) / FILE
-    return path if path.is_file() else None
+    """A folder's training-data document: inside it, else beside it (`beside`), or None."""
+    for path in (Path(folder) / FILE, beside(folder)):
+        if path.is_file():
+            return path
+    return None
 
 
 def read(folder: str | Path) -> dict:
-    """The training-data document in `folder` (a run, an export, a base model), checked."""
-    path = Path(folder) / FILE if Path(folder).is_dir() else Path(folder)
+    """The training-data document of `folder` (a run, an export, a base model; or the file), checked."""
+    path = (find(folder) or Path(folder) / FILE) if Path(folder).is_dir() else Path(folder)
     if not path.is_file():
         raise UserError(f"no {FILE} here: give a run folder (runs/NAME) or an export folder made by this "
                         "qvq-tune", path=str(folder))

@@ -40,6 +40,7 @@ from .data.dataset import build_report, processor_settings
 from .errors import UserError
 from .models.detect import detect
 from .paths import write_json_atomic, write_text_atomic
+from .recipe import Recipe, key_lines, recipe_from_dict
 
 RECIPE, BASE_MODEL, DATASET, TEMPLATE = "recipe.yaml", "base_model.json", "dataset.json", "chat_template.jinja"
 ACCELERATE_CONFIG, METRICS, TRAIN_LOG, TRAIN_REPORT = ("accelerate_config.yaml", "metrics.jsonl",
@@ -67,11 +68,11 @@ class RunFolder:
         return self.path / name
 
     # ---- the one writer --------------------------------------------------------------
-    def create(self, recipe: dict, *, model_dir: str | Path, train_data: str | Path,
+    def create(self, recipe: Recipe, *, model_dir: str | Path, train_data: str | Path,
                eval_data: str | Path | None = None) -> None:
         """Write the resolved recipe, the base model's identity and the dataset record."""
         self.path.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path / RECIPE, yaml.safe_dump(recipe, sort_keys=False))
+        write_text_atomic(self.path / RECIPE, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         write_json_atomic(self.path / BASE_MODEL, detect(model_dir).to_dict())
         write_json_atomic(self.path / DATASET, dataset_record(train_data, eval_data))
         write_json_atomic(self.path / TRAINING_DATA, training_data_record(recipe, model_dir, train_data, eval_data,
@@ -88,11 +89,13 @@ class RunFolder:
                             path=str(self.path))
         return json.loads(path.read_text(encoding="utf-8"))
 
-    def recipe(self) -> dict:
+    def recipe(self) -> Recipe:
+        """The recipe this run was trained with, read back as the `Recipe` it was written from."""
         path = self.path / RECIPE
         if not path.is_file():
             raise UserError(f"no {RECIPE} in this run folder", path=str(self.path))
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        return recipe_from_dict(yaml.safe_load(text) or {}, where=str(path), lines=key_lines(text))
 
     def base_model(self) -> dict:
         return self.read_json(BASE_MODEL)

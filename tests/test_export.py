@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from qvq_tune.errors import UserError
-from qvq_tune.train.config import recipe_from_dict
+from qvq_tune.recipe import recipe_from_dict
 
 from .conftest import FAMILIES
 from .test_export_adapter import make_adapter

@@ -219,11 +219,13 @@ def _chunks(files: list[Path], image_root: str | None, num_shards: int = 1,
 
 
 def content_key(example, media) -> bytes:
-    """Hash of the canonical record: roles, texts, reasoning, loss weights, media kinds and bytes."""
+    """Hash of the canonical record: roles, texts, reasoning, tool calls, loss weights, the tool
+    list, media kinds and bytes."""
     def turn(t: Turn) -> list:
-        return [t.role, t.reasoning, [[p.kind, p.text] for p in t.parts], t.loss_weight]
+        return [t.role, t.reasoning, [[p.kind, p.text] for p in t.parts], t.loss_weight,
+                *([[[c.name, c.arguments] for c in t.tool_calls]] if t.tool_calls else [])]
     if isinstance(example, Conversation):
-        body = {"turns": [turn(t) for t in example.turns]}
+        body = {"turns": [turn(t) for t in example.turns], **({"tools": example.tools} if example.tools else {})}
     else:
         body = {"prompt": [turn(t) for t in example.prompt], "chosen": turn(example.chosen),
                 "rejected": turn(example.rejected)}

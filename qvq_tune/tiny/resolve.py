@@ -37,6 +37,12 @@ def zoo_fingerprint(family: str) -> str:
     return h.hexdigest()[:12]
 
 
+def needs_building(model: str) -> bool:
+    """Whether `resolve_model_dir(model)` may build a model (the tiny base, a zoo checkpoint)
+    rather than return a folder: callers check what they can before that."""
+    return model == TINY or (model in FAMILIES and not Path(model).expanduser().exists())
+
+
 def resolve_model_dir(model: str) -> Path:
     if model == TINY:
         from .base_record import record_pretraining

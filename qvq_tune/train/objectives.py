@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from ..data.kinds import DataKind
 from ..run_folder import ADAPTER_DIR, RunFolder
-from .config import SECTION_OF, Recipe
+from ..recipe import SECTION_OF, Recipe
 
 
 @dataclass

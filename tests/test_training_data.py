@@ -235,3 +235,19 @@ def test_the_tiny_bases_pre_training_is_recorded_as_its_first_stage(tiny_model, 
     assert captions["images"] == 6 and captions["image_tokens"] > 0
     stages, _ = inherited_stages({"name": "next"}, base)
     assert [s["name"] for s in stages] == ["tiny-qvq-base pre-training"]
+
+
+def test_sampled_pairs_are_summarised_as_synthetic_with_their_prompts_build(tiny_model, tmp_path):
+    """`data pairs` output (a report with pairs, no build provenance): synthetic pairs whose
+    prompts' licences come from the build they were sampled from."""
+    from qvq_tune.data.training_data import dataset_summary
+    prompts = _build(tiny_model, DIVINE, tmp_path / "prompts", data_name=DIVINE_HUB_ID)
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "report.json").write_text(json.dumps({
+        "prompts": 3, "prompts_with_pair": 2, "prompts_without_pair": {"all_right": 1, "all_wrong": 0}, "pairs": 2,
+        "fingerprint": "f" * 64, "settings": {"data": str(tmp_path / "prompts"), "samples": 4, "temperature": 0.7,
+                                              "pair_cut": "step"}}))
+    summary = dataset_summary(tmp_path / "pairs", "train")
+    assert (summary["records"], summary["kept"], summary["quarantined"], summary["synthetic_share"]) == (3, 2, 1, 1.0)
+    assert summary["quarantine_reasons"] == {"all_right": 1} and summary["licenses"] == ["apache-2.0"]
+    assert summary["prompts"]["build_fingerprint"] == prompts["fingerprint"]

@@ -48,6 +48,8 @@ def dataset_summary(build_dir: str | Path, role: str) -> dict:
     if report is None:
         return {"role": role, "folder": name, "provenance": "not recorded (no report.json)"}
     prov = report.get("provenance")
+    if prov is None and "pairs" in report:
+        return _sampled_pairs(report, role, name)
     if prov is None:
         return {"role": role, "folder": name, "build_fingerprint": report.get("fingerprint"),
                 "records": report.get("input_records"), "kept": report.get("kept"),
@@ -68,6 +70,23 @@ def dataset_summary(build_dir: str | Path, role: str) -> dict:
     out["filters"] = prov["filters"]
     out["sources"] = sources
     return out
+
+
+def _sampled_pairs(report: dict, role: str, name: str) -> dict:
+    """Pairs of a model's own sampled replies (`qvq-tune data pairs`): synthetic by making;
+    their prompts' data is the build they were sampled from (`prompts`)."""
+    settings = report.get("settings", {})
+    without = {k: v for k, v in (report.get("prompts_without_pair") or {}).items() if v}
+    prompts = dataset_summary(settings["data"], "prompts") if settings.get("data") else None
+    return {"role": role, "folder": name, "name": None, "hub_id": None, "build_fingerprint": report.get("fingerprint"),
+            "records": report.get("prompts"), "kept": report.get("pairs"), "quarantined": sum(without.values()),
+            "quarantine_reasons": dict(sorted(without.items())),
+            "licenses": (prompts or {}).get("licenses") or ["unknown"], "synthetic_records": report.get("pairs"),
+            "synthetic_share": 1.0 if report.get("pairs") else 0.0,
+            "filters": [{"filter": f"data pairs: {settings.get('samples')} sampled replies per prompt at temperature "
+                                   f"{settings.get('temperature')}, --pair-cut {settings.get('pair_cut')}"}],
+            "generated": "replies sampled from the model being trained, scored and paired (qvq-tune data pairs)",
+            "prompts": prompts, "sources": []}
 
 
 def stage_fingerprint(datasets: list[dict]) -> str | None:

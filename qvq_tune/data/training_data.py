@@ -14,9 +14,11 @@
 `provenance.py`): counts, never a record's content; `folder` and each SOURCE's `path` are
 the only paths, relative (a folder's name, a file's name within the input), and
 `redact` drops them. A build made before provenance was recorded gives what its report
-knows and says so (`provenance: "not recorded"`). `run_folder.py` writes a run's
-document (its stage after the stages it inherits), the exports copy it and the CLI
-prints it; `read` accepts any folder holding one and checks its schema and version.
+knows and says so (`provenance: "not recorded"`); the pairs `qvq-tune data pairs` samples
+are synthetic by making, with the build their prompts came from as `prompts`.
+`run_folder.py` writes a run's document (its stage after the stages it inherits), the
+exports copy it and the CLI prints it; `read` accepts any folder holding one (or with its
+record beside it, `beside`) and checks its schema and version.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ SUMMED = ("records", "kept", "quarantined", "tokens", "vision_tokens", "image_to
           "videos")
 SOURCE_KEYS = ("path", "sha256", "bytes", "file_type", "record_formats", "records", "kept", "quarantined",
                "quarantine_reasons", "images", "videos", "tokens", "vision_tokens", "image_tokens", "video_tokens",
-               "reasoning_scripts", "synthetic", "synthetic_reason", "license", "license_from", "dataset_card", "card_name")
+               "reasoning_scripts", "synthetic", "synthetic_reason", "license", "license_from", "dataset_card",
+               "card_name")
 
 
 def dataset_summary(build_dir: str | Path, role: str) -> dict:

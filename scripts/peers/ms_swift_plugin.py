@@ -6,8 +6,9 @@ for `scripts/bench.py --peer ms-swift` (runs inside ms-swift's own virtual envir
    (151655 / 151656), which on a vocabulary of our own leaves one image token per sample,
    with no error, and a model that never sees the image.
 2. `init_gloo()`: under `torch.distributed.run` on CPU, the process group is started with
-   gloo before ms-swift and DeepSpeed look for an accelerator backend, so DeepSpeed ZeRO-3
-   runs across CPU processes as it does for qvq-tune and TRL.
+   gloo, and DeepSpeed's communication on it, before ms-swift and transformers look for an
+   accelerator backend, so DeepSpeed ZeRO-3 runs across CPU processes as it does for
+   qvq-tune and TRL (whose `accelerate launch` does the same).
 """
 
 from __future__ import annotations
@@ -15,11 +16,19 @@ from __future__ import annotations
 import os
 
 
-def init_gloo() -> None:
+def init_gloo(deepspeed: bool) -> None:
+    """On CPU ranks: torch's process group with gloo, and DeepSpeed's communication layer on top
+    of it (neither transformers nor accelerate starts DeepSpeed's on CPU, so ZeRO-3 would count
+    one process in the world and reject the batch size)."""
     import torch
     import torch.distributed as dist
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized() and not torch.cuda.is_available():
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.cuda.is_available():
+        return
+    if not dist.is_initialized():
         dist.init_process_group(backend="gloo")
+    if deepspeed:
+        import deepspeed as ds
+        ds.init_distributed(dist_backend="gloo")
 
 
 def register() -> str:

@@ -42,7 +42,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import ms_swift_plugin
-    ms_swift_plugin.init_gloo()
+    ms_swift_plugin.init_gloo(deepspeed=bool(args.deepspeed))
     template = ms_swift_plugin.register()
 
     import torch
@@ -60,6 +60,8 @@ def main() -> None:
         learning_rate=args.lr, warmup_steps=5, logging_steps=10, save_strategy="no", report_to=["none"],
         output_dir=str(out_dir), add_version=False,
         gradient_checkpointing=False, split_dataset_ratio=0.0, dataloader_num_workers=0, dataset_num_proc=1,
+        use_cpu=not torch.cuda.is_available(),     # else transformers counts one CPU process in the world
+        fp16=False, bf16=args.dtype == "bfloat16",  # the precision asked for (ms-swift picks fp16 for fp32)
         seed=0, data_seed=0, deepspeed=args.deepspeed, padding_free=args.padding_free, attn_impl="sdpa",
         max_length=None, **quant)
     pipeline = SwiftSft(sft_args)

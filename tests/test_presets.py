@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from qvq_tune import presets
-from qvq_tune.train.config import load_recipe
+from qvq_tune.recipe import load_recipe
 from qvq_tune.train.launch import resolve_accelerate_config
 
 from .conftest import REPO

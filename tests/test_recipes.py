@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from qvq_tune.errors import UserError
-from qvq_tune.train.config import load_recipe
+from qvq_tune.recipe import load_recipe
 from qvq_tune.train.launch import presets, resolve_accelerate_config, write_resolved_config
 
 from .conftest import REPO
@@ -149,7 +149,7 @@ def test_every_check_names_its_key_and_line(body, key, line, tmp_path):
 
 
 def test_a_check_raises_with_its_key_when_built_without_a_file():
-    from qvq_tune.train.config import LossConfig, ProfileConfig, RecipeValueError
+    from qvq_tune.recipe import LossConfig, ProfileConfig, RecipeValueError
     with pytest.raises(RecipeValueError) as e:
         LossConfig(answer_weight=-1)
     assert e.value.key == "loss.answer_weight" and "loss.answer_weight" in str(e.value)

@@ -16,8 +16,8 @@ its `record_index` (`p`) and every sample its `content_key`, which is what the m
 orders and de-duplicates by.
 
 Layout of OUT:
-    dataset/          SFT samples, `datasets.load_from_disk` (memory-mapped Arrow)
-    preference/       DPO samples, when the input holds preference pairs
+    dataset/          sft samples, `datasets.load_from_disk` (memory-mapped Arrow)
+    preference/       preference pairs, when the input holds them (data kinds: `kinds.py`)
     quarantine.jsonl  one row per rejected record (see quarantine.py), with its `record_index`
     report.json       counts, reasons, truncated samples, the field aliases applied (see
                       readers/base.py), how many records' replies were read in each
@@ -58,10 +58,12 @@ from ..errors import UserError
 from ..paths import write_json_atomic
 from .build_config import BuildConfig
 from .files import input_files, iter_file
+from .kinds import KINDS, PREFERENCE, SFT
 from .fingerprint import cached_report, processor_hash
 from .fingerprint import fingerprint as build_fingerprint
 from .media import MediaOptions, MediaResolver
 from .messages import Conversation, Origin, Turn, read_as
+from .provenance import SourceTally, reasoning_scripts
 from .quarantine import QuarantineWriter, RecordError, quarantine_row
 from .readers import ReaderOptions, parse
 from .render import RenderError, RenderOptions, SampleRenderer
@@ -107,31 +109,40 @@ class _Worker:
         return outcomes, self.resolver.drain_touched()
 
     def one(self, origin: Origin, raw, error, root: Path) -> tuple:
-        """("sft" | "dpo", sample, content key, aliases, read as) or ("bad", (code, message, field),
-        None, aliases, read as); `aliases` is the field mapping `readers.parse` applied ("" for
-        none), `read as` how its replies' reasoning was read (None when it did not parse)."""
+        """(data kind name, sample, content key, aliases, read as, facts) or ("bad", (code, message,
+        field), None, aliases, read as, facts); `aliases` is the field mapping `readers.parse`
+        applied ("" for none), `read as` how its replies' reasoning was read (None when it did not
+        parse), `facts` its record format and its reasoning's letters per script (provenance)."""
         if error is not None:
-            return "bad", error, None, "", None
+            return "bad", error, None, "", None, (None, {})
         example = None
         try:
             example = parse(raw, origin, self.reader)
             check_replies(example, self.filters, self.count_tokens, self.max_trace_tokens)
             media = [self.resolver.resolve(m, root) for m in example.media]
             if isinstance(example, Conversation):
-                kind, sample = "sft", self.renderer.render(example, media)
+                kind, sample = SFT.name, self.renderer.render(example, media)
             else:
-                kind, sample = "dpo", self.renderer.render_pair(example, media)
+                kind, sample = PREFERENCE.name, self.renderer.render_pair(example, media)
         except RecordError as exc:
-            return "bad", (exc.code, exc.message, exc.field), None, aliases_text(example), _read_as(example)
+            return ("bad", (exc.code, exc.message, exc.field), None, aliases_text(example), _read_as(example),
+                    _facts(example))
         except RenderError as exc:
-            return "bad", (exc.code, str(exc), None), None, aliases_text(example), _read_as(example)
+            return "bad", (exc.code, str(exc), None), None, aliases_text(example), _read_as(example), _facts(example)
         record_id = example.meta.get("id")
         sample.update(id=str(record_id) if record_id is not None else origin.where(),
                       source=origin.source, line=origin.line, index=origin.index)
-        return kind, sample, content_key(example, media), aliases_text(example), read_as(example)
+        return kind, sample, content_key(example, media), aliases_text(example), read_as(example), _facts(example)
 
     def count_tokens(self, text: str) -> int:
         return len(self.renderer.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _facts(example) -> tuple[str | None, dict]:
+    """(record format, reasoning letters per script) of a parsed record, for its file's provenance."""
+    if example is None:
+        return None, {}
+    return example.meta.get("format"), reasoning_scripts(example)
 
 
 def _read_as(example) -> str | None:
@@ -208,11 +219,13 @@ def _chunks(files: list[Path], image_root: str | None, num_shards: int = 1,
 
 
 def content_key(example, media) -> bytes:
-    """Hash of the canonical record: roles, texts, reasoning, loss weights, media kinds and bytes."""
+    """Hash of the canonical record: roles, texts, reasoning, tool calls, loss weights, the tool
+    list, media kinds and bytes."""
     def turn(t: Turn) -> list:
-        return [t.role, t.reasoning, [[p.kind, p.text] for p in t.parts], t.loss_weight]
+        return [t.role, t.reasoning, [[p.kind, p.text] for p in t.parts], t.loss_weight,
+                *([[[c.name, c.arguments] for c in t.tool_calls]] if t.tool_calls else [])]
     if isinstance(example, Conversation):
-        body = {"turns": [turn(t) for t in example.turns]}
+        body = {"turns": [turn(t) for t in example.turns], **({"tools": example.tools} if example.tools else {})}
     else:
         body = {"prompt": [turn(t) for t in example.prompt], "chosen": turn(example.chosen),
                 "rejected": turn(example.rejected)}
@@ -254,10 +267,11 @@ def build(config: BuildConfig, *, log=None, progress: bool = False) -> dict:
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
     try:
-        counts, reasons, media_index, datasets_ = _process(config, spec, files, workers, stage, progress)
+        tally = SourceTally.for_inputs(files, config.input, config.data_license)
+        counts, reasons, media_index, datasets_ = _process(config, spec, files, workers, stage, progress, tally)
         outputs = publish_outputs(out, stage, datasets_)
         report = make_report(out, config.max_tokens, counts, reasons, datasets_, outputs, settings, model_info,
-                             fingerprint, workers, time.perf_counter() - started)
+                             fingerprint, workers, time.perf_counter() - started, sources=tally.finish())
         datasets_.clear()
         write_json_atomic(out / CACHE, {"fingerprint": fingerprint, "media": media_index}, indent=None)
         write_json_atomic(out / REPORT, report)
@@ -279,7 +293,7 @@ def _settings(config: BuildConfig, detected, out: Path) -> dict:
     return settings
 
 
-def _process(config, spec, files, workers, stage, progress):
+def _process(config, spec, files, workers, stage, progress, tally: SourceTally):
     """Stream every record through the workers; write samples and quarantine rows in order."""
     from tqdm import tqdm
 
@@ -294,8 +308,9 @@ def _process(config, spec, files, workers, stage, progress):
     with QuarantineWriter(stage / QUARANTINE) as quarantine, closing(_results(spec, chunks, workers)) as results:
         for (_, items), outcomes, touched in results:
             media_index.update(touched)
-            for (origin, raw, _, position), (kind, payload, key, applied, style) in zip(items, outcomes):
+            for (origin, raw, _, position), (kind, payload, key, applied, style, facts) in zip(items, outcomes):
                 n_input += 1
+                tally.read(origin.source, *facts)
                 if style:
                     styles[style] += 1
                 if applied:
@@ -311,12 +326,14 @@ def _process(config, spec, files, workers, stage, progress):
                     quarantine.write(quarantine_row(origin, code, message, raw, field_, record_index=position,
                                                     content_key=key.hex() if code == "duplicate" else None,
                                                     read_as=style if code != "duplicate" else None))
+                    tally.quarantined(origin.source, code)
                 else:
                     writers.write(kind, payload)
+                    tally.kept(origin.source, kind, payload)
             bar.update(len(items))
     bar.close()
     media_index = {p: (list(s) if s else None) for p, s in sorted(media_index.items())}
-    counts = {"input": n_input, "sft": writers.counts["sft"], "dpo": writers.counts["dpo"],
+    counts = {"input": n_input, **{kind: writers.counts[kind] for kind in KINDS},
               "duplicates_kept": dedup.kept, "aliases": dict(sorted(aliases.items())),
               "read_as": dict(sorted(styles.items()))}
     return counts, quarantine.counts, media_index, writers.finish()

@@ -1,7 +1,8 @@
 """Open a built dataset (the output of `qvq-tune data build`) for the trainers.
 
-Accepts the build's output folder (which holds `dataset/` for SFT samples and
-`preference/` for DPO pairs) or one of those dataset folders directly. The returned
+Accepts the build's output folder (which holds one folder per data kind, `data/kinds.py`:
+`dataset/` for sft samples, `preference/` for preference pairs) or one of those folders
+directly. The returned
 `datasets.Dataset` is memory-mapped from Arrow files; nothing is re-tokenised.
 """
 
@@ -10,48 +11,53 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
+from .kinds import SFT, DataKind, data_kind, kind_of_columns
 
 
 def _is_hf_dataset(path: Path) -> bool:
     return (path / "dataset_info.json").is_file() or (path / "state.json").is_file()
 
 
-def find_samples(path: str | Path, kind: str = "dataset") -> Path | None:
-    """The samples folder of one kind ("dataset": SFT, "preference": DPO) of a build output
-    folder (or that folder itself, given `OUT/dataset` / `OUT/preference`), or None."""
-    path = Path(path)
-    for candidate in (path / kind, path):
-        if _is_hf_dataset(candidate) and _kind_of(candidate) == kind:
+def find_samples(path: str | Path, kind: str | DataKind = SFT) -> Path | None:
+    """The samples folder of one data kind (`data/kinds.py`) of a build output folder (or
+    that folder itself, given `OUT/dataset` / `OUT/preference`), or None."""
+    path, kind = Path(path), data_kind(kind)
+    for candidate in (path / kind.folder, path):
+        if _is_hf_dataset(candidate) and kind_of(candidate) == kind:
             return candidate
     return None
 
 
-def is_built(path: str | Path, kind: str = "dataset") -> bool:
+def is_built(path: str | Path, kind: str | DataKind = SFT) -> bool:
     """Whether `path` is a built dataset folder (or a build's output folder holding one)."""
     return find_samples(path, kind) is not None
 
 
-def _kind_of(folder: Path) -> str | None:
-    """"dataset" or "preference", from the columns recorded in dataset_info.json."""
+def kind_of(folder: Path) -> DataKind | None:
+    """A samples folder's data kind, from the columns recorded in its dataset_info.json."""
     import json
     try:
         features = json.loads((folder / "dataset_info.json").read_text(encoding="utf-8")).get("features", {})
     except (OSError, json.JSONDecodeError):
         return None
-    if "chosen_input_ids" in features:
-        return "preference"
-    return "dataset" if "labels" in features else None
+    return kind_of_columns(features)
 
 
-def load_samples(path: str | Path, kind: str = "dataset"):
+def kinds_in(path: str | Path) -> list[DataKind]:
+    """The data kinds a build output folder (or a samples folder) holds."""
+    from .kinds import KINDS
+    return [k for k in KINDS.values() if find_samples(path, k) is not None]
+
+
+def load_samples(path: str | Path, kind: str | DataKind = SFT):
     from datasets import load_from_disk
 
-    path = Path(path)
+    path, kind = Path(path), data_kind(kind)
     if not path.exists():
         raise UserError("dataset folder does not exist; run `qvq-tune data build` first", path=str(path))
     folder = find_samples(path, kind)
     if folder is None:
-        raise UserError(f"not a built dataset (no {kind}/ with dataset_info.json); "
+        raise UserError(f"not a built dataset (no {kind.folder}/ with dataset_info.json); "
                         "run `qvq-tune data build` to make one", path=str(path))
     return load_from_disk(str(folder))
 

@@ -30,9 +30,11 @@ from ..paths import write_json_atomic
 from .build import Deduplicator, duplicate_message
 from .fingerprint import code_version
 from .files import iter_raw
+from .kinds import KINDS
 from .messages import Origin
+from .provenance import SourceTally
 from .quarantine import QuarantineWriter, RecordError, excerpt, quarantine_row
-from .writers import (CACHE, DPO_DIR, MEDIA_DIR, QUARANTINE, REPORT, SFT_DIR, SampleWriters, make_report,
+from .writers import (CACHE, MEDIA_DIR, QUARANTINE, REPORT, SampleWriters, make_report,
                       publish_outputs, summary_line)
 
 # Settings that may differ between the shards of one build.
@@ -66,13 +68,13 @@ class Shard:
         return cls(path, report)
 
     def rows(self, shard_no: int) -> Iterator[tuple]:
-        """(record_index, shard no, "sft" | "dpo" | "bad", row) in input order."""
+        """(record_index, shard no, data kind name | "bad", row) in input order."""
         from datasets import load_from_disk
 
         def tagged(kind: str, rows) -> Iterator[tuple]:
             return ((row["record_index"], shard_no, kind, row) for row in rows)
-        streams = [tagged(kind, load_from_disk(str(self.path / name)))
-                   for kind, name in (("sft", SFT_DIR), ("dpo", DPO_DIR)) if (self.path / name).is_dir()]
+        streams = [tagged(kind.name, load_from_disk(str(self.path / kind.folder)))
+                   for kind in KINDS.values() if (self.path / kind.folder).is_dir()]
         streams.append(tagged("bad", self._quarantine()))
         return heapq.merge(*streams, key=lambda t: t[0])
 
@@ -132,7 +134,8 @@ def merge(shard_dirs: list[str], out: str | Path, *, log=None) -> dict:
     stage.mkdir()
     try:
         _copy_media(shards, out / MEDIA_DIR)
-        counts, reasons, datasets_ = _join(shards, settings, out, stage, log)
+        tally = SourceTally.from_shards([s.report["provenance"] for s in shards])
+        counts, reasons, datasets_ = _join(shards, settings, out, stage, log, tally)
         outputs = publish_outputs(out, stage, datasets_)
         counts["aliases"] = dict(sorted(sum((Counter(s.report["field_aliases"]) for s in shards), Counter()).items()))
         read_as = sum((Counter(s.report["reasoning_read_as"]) for s in shards), Counter())
@@ -140,7 +143,7 @@ def merge(shard_dirs: list[str], out: str | Path, *, log=None) -> dict:
         fingerprint = hashlib.sha256(json.dumps([s.report["fingerprint"] for s in shards]).encode()).hexdigest()
         report = make_report(out, settings["max_tokens"], counts, reasons, datasets_, outputs,
                              {**settings, "out": str(out), "shard_index": None}, shards[0].report["model"],
-                             fingerprint, None, sum(s.report["seconds"] for s in shards))
+                             fingerprint, None, sum(s.report["seconds"] for s in shards), sources=tally.finish())
         datasets_.clear()
         report.update(merged_from=[str(s.path) for s in shards],
                       merge_seconds=round(time.perf_counter() - started, 3))
@@ -153,7 +156,7 @@ def merge(shard_dirs: list[str], out: str | Path, *, log=None) -> dict:
     return report
 
 
-def _join(shards: list[Shard], settings: dict, out: Path, stage: Path, log):
+def _join(shards: list[Shard], settings: dict, out: Path, stage: Path, log, tally: SourceTally):
     """Every shard's rows in input order into staged datasets and one quarantine file."""
     writers = SampleWriters(stage)
     dedup = Deduplicator(settings["keep_duplicates"])
@@ -175,13 +178,13 @@ def _join(shards: list[Shard], settings: dict, out: Path, stage: Path, log):
                     writers.write(kind, _rebase(row, shards[shard_no].media_prefix, media))
                     continue
                 refetch[position] = quarantine.total
+                tally.unkeep(row["source"], kind, row, "duplicate")
                 row = quarantine_row(origin, "duplicate", duplicate_message(first), None,
                                      record_index=position, content_key=row["content_key"])
             quarantine.write(row)
     if refetch:
         _restore_records(stage / QUARANTINE, refetch, settings["input"], log)
-    counts = {"input": n_input, "sft": writers.counts["sft"], "dpo": writers.counts["dpo"],
-              "duplicates_kept": dedup.kept}
+    counts = {"input": n_input, **{kind: writers.counts[kind] for kind in KINDS}, "duplicates_kept": dedup.kept}
     return counts, quarantine.counts, writers.finish()
 
 

@@ -1,7 +1,7 @@
 """What a build (or a merge) writes into OUT: staged Arrow datasets, their publication, the report.
 
-`SampleWriters` streams samples into one staged Arrow file per kind; `publish_outputs`
-moves them into place (`dataset/`, `preference/`, `quarantine.jsonl`); `make_report`
+`SampleWriters` streams samples into one staged Arrow file per data kind (`data/kinds.py`);
+`publish_outputs` moves them into place (each kind's folder, `quarantine.jsonl`); `make_report`
 counts, checks `input_records == kept + quarantined`, computes statistics and the length
 histogram; `summary_line` is the one line a build or a merge prints.
 """
@@ -15,9 +15,10 @@ from pathlib import Path
 
 from ..paths import atomic_dir
 from .fingerprint import code_version
+from .kinds import KINDS, PREFERENCE, SFT
 
 REPORT, CACHE, QUARANTINE, HISTOGRAM = "report.json", "cache.json", "quarantine.jsonl", "lengths.png"
-SFT_DIR, DPO_DIR, MEDIA_DIR = "dataset", "preference", "media"
+MEDIA_DIR = "media"
 
 
 def _features(kind: str):
@@ -26,14 +27,16 @@ def _features(kind: str):
     media = {"images": paths, "image_grid_thw": grids, "videos": paths, "video_grid_thw": grids}
     origin = {"id": Value("string"), "source": Value("string"), "line": Value("int64"),
               "index": Value("int64"), "record_index": Value("int64"), "content_key": Value("string")}
-    if kind == "sft":
+    if kind == SFT.name:
         cols = {"input_ids": ids, "labels": ids, "label_span": List(Value("int8")),
                 "loss_weights": List(Value("float32")), **media, "num_tokens": Value("int32"),
                 "num_label_tokens": Value("int32"), "num_vision_tokens": Value("int32"),
                 "reasoning_chars": Value("int32"), "truncated": Value("bool")}
-    else:
+    elif kind == PREFERENCE.name:
         cols = {"prompt_input_ids": ids, "chosen_input_ids": ids, "rejected_input_ids": ids, **media,
                 "num_tokens": Value("int32"), "num_vision_tokens": Value("int32")}
+    else:
+        raise KeyError(f"no columns for data kind {kind!r}")
     return Features({**cols, **origin})
 
 
@@ -53,10 +56,10 @@ class SampleWriters:
         self.counts[kind] += 1
 
     def finish(self) -> dict:
-        """kind -> memory-mapped staged Dataset (SFT always present, possibly empty)."""
+        """kind name -> memory-mapped staged Dataset (sft present, possibly empty, when nothing was kept)."""
         from datasets import Dataset
-        if "sft" not in self._writers and "dpo" not in self._writers:
-            self.write_empty("sft")
+        if not self._writers:
+            self.write_empty(SFT.name)
         out = {}
         for kind, writer in self._writers.items():
             writer.finalize()
@@ -72,17 +75,17 @@ def publish_outputs(out: Path, stage: Path, staged: dict) -> dict:
     """Move the staged outputs into place; drop outputs a previous build left that this one lacks."""
     import datasets
 
-    outputs = {"dataset": None, "preference": None}
+    outputs = {kind.folder: None for kind in KINDS.values()}
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        for kind, name, key in (("sft", SFT_DIR, "dataset"), ("dpo", DPO_DIR, "preference")):
-            if kind in staged:
-                with atomic_dir(out / name) as tmp:
-                    staged[kind].save_to_disk(str(tmp))
-                outputs[key] = str(out / name)
+        for kind in KINDS.values():
+            if kind.name in staged:
+                with atomic_dir(out / kind.folder) as tmp:
+                    staged[kind.name].save_to_disk(str(tmp))
+                outputs[kind.folder] = str(out / kind.folder)
             else:
-                shutil.rmtree(out / name, ignore_errors=True)
+                shutil.rmtree(out / kind.folder, ignore_errors=True)
     finally:
         if bars:
             datasets.enable_progress_bars()
@@ -93,28 +96,32 @@ def publish_outputs(out: Path, stage: Path, staged: dict) -> dict:
 
 
 def make_report(out, max_tokens, counts, reasons, staged, outputs, settings, model_info, fingerprint, workers,
-                seconds) -> dict:
-    """The report of a build (or a merge) from its counts and its staged datasets."""
+                seconds, *, sources: list[dict]) -> dict:
+    """The report of a build (or a merge) from its counts, its staged datasets and its
+    per-file provenance (`provenance.SourceTally`)."""
+    from .provenance import provenance
     from .report import length_histogram, preference_stats, sft_stats
 
-    kept = counts["sft"] + counts["dpo"]
+    kept = sum(counts[kind] for kind in KINDS)
     truncated = int(sum(staged["sft"].data.column("truncated").to_pylist())) if "sft" in staged else 0
     quarantined = sum(reasons.values())
     if counts["input"] != kept + quarantined:     # a bug, never a user error
         raise AssertionError(f"record accounting broke: {counts} vs {quarantined} quarantined")
+    if sum(e["records"] for e in sources) != counts["input"] or sum(e["kept"] for e in sources) != kept:
+        raise AssertionError(f"per-file provenance broke: {counts} vs {sources}")
     stats, lengths = {}, {}
     if "sft" in staged:
         stats["sft"] = sft_stats(staged["sft"])
         lengths["sft"] = staged["sft"].data.column("num_tokens").to_numpy()
-    if "dpo" in staged:
-        stats["preference"] = preference_stats(staged["dpo"])
-        lengths["preference"] = staged["dpo"].data.column("num_tokens").to_numpy()
+    if "preference" in staged:
+        stats["preference"] = preference_stats(staged["preference"])
+        lengths["preference"] = staged["preference"].data.column("num_tokens").to_numpy()
     length_histogram(out / HISTOGRAM, lengths, max_tokens=max_tokens)
     outputs["histogram"] = str(out / HISTOGRAM)
     return {
         "input_records": counts["input"], "kept": kept, "quarantined": quarantined,
         "invariant": "input_records == kept + quarantined",
-        "kept_sft": counts["sft"], "kept_preference": counts["dpo"],
+        **{f"kept_{kind}": counts[kind] for kind in KINDS},
         "quarantine_reasons": dict(sorted(reasons.items())),
         "truncated": truncated, "duplicates_kept": counts["duplicates_kept"],
         "field_aliases": counts["aliases"], "reasoning_read_as": counts["read_as"],
@@ -124,6 +131,7 @@ def make_report(out, max_tokens, counts, reasons, staged, outputs, settings, mod
         "samples_per_second": round(kept / seconds, 1) if seconds > 0 else None,
         "workers": workers, "settings": settings, "model": model_info, "code_version": code_version(),
         "fingerprint": fingerprint, "outputs": outputs, "cached": False,
+        "provenance": provenance(settings, sources, reasons, truncated, counts["duplicates_kept"]),
     }
 
 

@@ -14,7 +14,7 @@ import torch
 
 from ..models.loading import load_model
 from ..models.registry import ModelFamily
-from .config import Recipe
+from ..recipe import Recipe
 
 
 def freeze_prefixes(model, prefixes: tuple[str, ...]) -> None:
@@ -53,9 +53,9 @@ def build_model(recipe: Recipe, family: ModelFamily, model_dir: str, *, adapter:
     if recipe.kernels.liger:
         from .kernels import apply_liger
         apply_liger(family)              # patches module classes: before the model is built
-    quantized = recipe.method == "qlora"
-    model = load_model(model_dir, dtype=recipe.dtype, load_in_4bit=quantized, quant_type=recipe.quant.type,
-                       double_quant=recipe.quant.double_quant)
+    loading = recipe.loading()
+    quantized = loading["load_in_4bit"]
+    model = load_model(model_dir, **loading)
     model.config.use_cache = False
     checkpointing = {"use_reentrant": False}
     if recipe.method == "full":

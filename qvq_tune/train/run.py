@@ -1,14 +1,17 @@
 """`train(recipe)`: the one training flow the CLI, the demo and the tiny base all call.
 
 1. Check everything that can fail before a model loads (launcher preset, base folder,
-   dataset: present, of the kind the objective needs, built for this family and this
-   tokenizer; start adapter; logger), each failure one line naming the recipe key.
+   dataset: present, of the kind the objective reads, built for this family and this
+   tokenizer, data.eval built with data.train's processor settings; start adapter; the
+   objective's own checks; logger), each failure one line naming the recipe key. The CLI
+   runs the same checks (`model_built=False`) before it builds the tiny base a recipe names.
 2. Guard the run folder: a finished run is never overwritten, an unfinished one is
    resumed (`resume=True`, from its last complete checkpoint, with the same recipe) or
    replaced (`overwrite=True`), never silently mixed.
-3. Write the run folder once (`RunFolder.create`), then run the recipe's objective: under
-   `accelerate launch`, one worker process per rank (`python -m qvq_tune.train.worker`),
-   or, with `in_process=True`, here (single process only). Returns `train_report.json`.
+3. Write the run folder once (`RunFolder.create`), then run the recipe's objective (its
+   record: `train/objectives.py`): under `accelerate launch`, one worker process per rank
+   (`python -m qvq_tune.train.worker`), or, with `in_process=True`, here (single process
+   only). Returns `train_report.json`.
 """
 
 from __future__ import annotations
@@ -19,22 +22,16 @@ import shutil
 from pathlib import Path
 
 from ..data.build import processor_hash
-from ..data.dataset import build_report, find_samples
+from ..data.dataset import PROCESSOR_SETTINGS, build_report, find_samples, kinds_in, processor_settings
+from ..data.kinds import DataKind
 from ..errors import UserError
 from ..models.detect import detect
+from ..recipe import SECTION_OF, Recipe
 from ..run_folder import LOCK, RunFolder
-from .config import Recipe
 from .launch import launch, resolve_accelerate_config
+from .objectives import get, run_objective, section_start_adapter
 
 WORKER_MODULE = "qvq_tune.train.worker"
-SAMPLES_OF = {"sft": "dataset", "dpo": "preference"}     # the build output each objective reads
-
-
-def objectives() -> dict:
-    """objective name -> worker function (recipe, run folder, resume_from) -> report."""
-    from .dpo import run_dpo
-    from .sft import run_sft
-    return {"sft": run_sft, "dpo": run_dpo}
 
 
 def check(recipe: Recipe, source: str | None = None, *, model_built: bool = True) -> None:
@@ -54,16 +51,22 @@ def check(recipe: Recipe, source: str | None = None, *, model_built: bool = True
             family = detect(recipe.model).family
         except UserError as exc:
             fail("model", str(exc))
+    objective = get(recipe.objective)
     for key, path in (("data.train", recipe.data.train), ("data.eval", recipe.data.eval)):
         if path:
-            problem = dataset_problem(Path(path), SAMPLES_OF[recipe.objective], family, Path(recipe.model))
+            problem = dataset_problem(Path(path), objective.name, objective.reads, family, Path(recipe.model))
             if problem:
                 fail(key, f"{path}: {problem}")
-    adapter = recipe.dpo.start_adapter
-    if adapter is not None:
-        from .dpo import start_adapter
-        if not (Path(start_adapter(adapter)) / "adapter_config.json").is_file():
-            fail("dpo.start_adapter", f"{adapter}: no adapter_config.json (give an adapter folder or a run folder)")
+    if recipe.data.eval:
+        problem = processor_mismatch(Path(recipe.data.train), Path(recipe.data.eval))
+        if problem:
+            fail("data.eval", problem)
+    adapter = section_start_adapter(recipe)
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        fail(f"{objective.section}.start_adapter",
+             f"{recipe.section().start_adapter}: no adapter_config.json (give an adapter folder or a run folder)")
+    for key, problem in objective.checks(recipe, family):
+        fail(key, problem)
     if recipe.kernels.liger and family is not None:
         from ..models.registry import get_family
         from .kernels import liger_problem
@@ -74,18 +77,19 @@ def check(recipe: Recipe, source: str | None = None, *, model_built: bool = True
         fail("report_to", f"{recipe.report_to} is not installed (pip install {recipe.report_to}), or use none")
 
 
-def dataset_problem(path: Path, kind: str, family: str | None, model_dir: Path) -> str | None:
-    """Why a dataset folder cannot train this model with this objective, or None
-    (`family=None`: the model is not known yet; only presence and kind are checked)."""
+def dataset_problem(path: Path, objective: str, kind: DataKind, family: str | None,
+                    model_dir: Path) -> str | None:
+    """Why a dataset folder cannot train this model with this objective (which reads `kind`),
+    or None (`family=None`: the model is not known yet; only presence and kind are checked)."""
     if not path.exists():
         return "the dataset folder does not exist; build it with `qvq-tune data build`"
     if find_samples(path, kind) is None:
-        other = "preference" if kind == "dataset" else "dataset"
-        if find_samples(path, other) is not None:
-            return {"preference": "objective dpo needs preference pairs (records with chosen and rejected "
-                                  "replies), but this build holds SFT samples only",
-                    "dataset": "objective sft needs SFT samples, but this build holds preference pairs only; "
-                               "use objective: dpo"}[kind]
+        held = kinds_in(path)
+        if held:
+            readers = [name for name in SECTION_OF if get(name).reads in held]
+            return (f"objective {objective} needs {kind.what}, but this build holds "
+                    f"{' and '.join(k.what for k in held)} only"
+                    + (f"; use objective: {' or '.join(readers)}" if readers else ""))
         return "not a built dataset; build it with `qvq-tune data build`"
     report = build_report(path)
     if family is None:
@@ -102,6 +106,21 @@ def dataset_problem(path: Path, kind: str, family: str | None, model_dir: Path) 
     return None
 
 
+def processor_mismatch(train: Path, eval_: Path) -> str | None:
+    """Why `eval_` cannot be scored by the processor the trainer loads for `train` (one
+    processor, with the train build's settings, turns both into pixels), or None."""
+    trained, evaluated = processor_settings(train), processor_settings(eval_)
+    differ = [name for name in PROCESSOR_SETTINGS if trained.get(name) != evaluated.get(name)]
+    if not differ:
+        return None
+
+    def said(settings: dict) -> str:
+        return ", ".join(f"{n}={settings[n]}" if n in settings else f"{n} unset (the processor's default)"
+                         for n in differ)
+    return (f"{eval_} was built with {said(evaluated)}, but data.train {train} with {said(trained)}; the "
+            "trainer loads one processor for both, so rebuild data.eval with the train build's settings")
+
+
 def prepare_run_folder(run: RunFolder, recipe: Recipe, *, resume: bool, overwrite: bool) -> str | None:
     """Guard the run folder; returns the checkpoint to resume from (or None)."""
     if overwrite and run.path.exists():
@@ -115,7 +134,7 @@ def prepare_run_folder(run: RunFolder, recipe: Recipe, *, resume: bool, overwrit
         if last is None:
             raise UserError("nothing to resume: no complete checkpoint in checkpoints/ "
                             "(set optim.save_steps to write them)", path=str(run.path))
-        differs = _first_difference(run.recipe(), recipe.to_dict())
+        differs = _first_difference(run.recipe().to_dict(), recipe.to_dict())
         if differs:
             raise UserError(f"the recipe differs from the one this run started with ({differs}); resume with "
                             "the same recipe", path=str(run.path), key=differs)
@@ -127,7 +146,7 @@ def prepare_run_folder(run: RunFolder, recipe: Recipe, *, resume: bool, overwrit
     elif run.checkpoints():
         raise UserError("this run folder holds checkpoints of an unfinished run; pass --resume to continue it "
                         "or --overwrite to start over", path=str(run.path))
-    run.create(recipe.to_dict(), model_dir=recipe.model, train_data=recipe.data.train,
+    run.create(recipe, model_dir=recipe.model, train_data=recipe.data.train,
                eval_data=recipe.data.eval)
     return None
 
@@ -168,7 +187,7 @@ def train(recipe: Recipe, *, in_process: bool = False, resume: bool = False, ove
     recipe, run, resume_from = prepare(recipe, resume=resume, overwrite=overwrite, source=source)
     if in_process:
         with run.lock():
-            return objectives()[recipe.objective](recipe, run, resume_from)
+            return run_objective(recipe, run, resume_from)
     launch(WORKER_MODULE, worker_args(run, resume_from), config=recipe.launch.accelerate_config,
            num_processes=recipe.launch.num_processes, run_dir=run.path)
     return run.train_report()

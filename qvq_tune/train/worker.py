@@ -16,8 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from ..logs import quiet_third_party
     from ..run_folder import RECIPE, RunFolder
-    from .config import load_recipe
-    from .run import objectives
+    from ..recipe import load_recipe
+    from .objectives import run_objective
 
     quiet_third_party()
     run = RunFolder(args.run)
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
               f"printed ({run.path})", file=sys.stderr, flush=True)
         return 2
     with run.lock() if os.environ.get("RANK", "0") == "0" else nullcontext():
-        report = objectives()[recipe.objective](recipe, run, args.resume_from)
+        report = run_objective(recipe, run, args.resume_from)
     if report:
         print(json.dumps(report))
     return 0

@@ -4,6 +4,16 @@
 any process launches: unknown keys, wrong types and impossible combinations are user
 errors naming the file and the key. A bare name (`demo_qlora_zero3`) that is not a file
 is looked up among the recipes shipped in the package.
+
+Each objective has one recipe section (`SECTION_OF`), a dataclass that checks its own
+values and, in `check_recipe`, what it needs of the rest of the recipe. A section of
+another objective left at its defaults is ignored; set, it is an error (it would not
+apply). The objective itself (its trainer, data kind, checks, report keys) is a record in
+its module, `train/<objective>.py` (`train/objectives.py`).
+
+It sits below the three jobs: a run folder's `recipe.yaml` is read back as a `Recipe`
+(`RunFolder.recipe()`) by training, evaluation and export alike, and `Recipe.loading()` is
+the one translation of a recipe into the arguments that load its base model.
 """
 
 from __future__ import annotations
@@ -17,10 +27,12 @@ from typing import Literal
 
 import yaml
 
-from .. import presets
-from ..errors import UserError
+from . import presets
+from .errors import UserError
 
-Objective = Literal["sft", "dpo"]
+# objective -> its recipe section; the objective's record lives in `train/<objective>.py`
+SECTION_OF = {"sft": "loss", "dpo": "dpo"}
+Objective = Literal[tuple(SECTION_OF)]
 Method = Literal["qlora", "lora", "full"]
 DType = Literal["float32", "bfloat16", "float16"]
 DpoLoss = Literal["sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero",
@@ -131,7 +143,7 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    """Per-token loss weights by span (the builder marks reasoning and final-answer tokens), and
+    """Objective sft: per-token loss weights by span (the builder marks reasoning and final-answer tokens), and
     how the SFT loss reads the LM head (`train/weighted_sft.py`): "fused" is TRL's chunked head
     over the positions it picks (all of them off CUDA), with its entropy and token-accuracy
     metrics; "labelled" projects only the positions whose next token is labelled, through the
@@ -144,6 +156,9 @@ class LossConfig:
         for key in ("reasoning_weight", "answer_weight"):
             if getattr(self, key) < 0:
                 raise invalid(f"loss.{key}", "must be >= 0")
+
+    def check_recipe(self, recipe: "Recipe") -> None:
+        pass
 
 
 @dataclass
@@ -159,6 +174,15 @@ class DpoConfig:
             raise invalid("dpo.beta", "must be positive")
         if self.sft_weight < 0:
             raise invalid("dpo.sft_weight", "must be >= 0")
+
+    def check_recipe(self, recipe: "Recipe") -> None:
+        if recipe.method == "full":
+            raise RecipeValueError("objective dpo needs method lora or qlora: the reference model is the starting "
+                                   "policy with its adapter frozen or disabled, never a second full copy of the "
+                                   "weights", "objective")
+        if recipe.data.packing:
+            raise invalid("data.packing", "applies to objective sft: TRL's DPOTrainer scores one sequence per "
+                                          "row (its own padding-free mode is disabled in TRL 1.16)")
 
 
 @dataclass
@@ -210,13 +234,7 @@ class Recipe:
             raise invalid("data.train", "is required (a folder written by `qvq-tune data build`)")
         if self.launch.num_processes < 1:
             raise invalid("launch.num_processes", "must be >= 1")
-        if self.objective == "dpo" and self.method == "full":
-            raise RecipeValueError("objective dpo needs method lora or qlora: the reference model is the starting "
-                                   "policy with its adapter frozen or disabled, never a second full copy of the "
-                                   "weights", "objective")
-        if self.objective == "dpo" and (self.loss.reasoning_weight != 1 or self.loss.answer_weight != 1):
-            key = "loss.reasoning_weight" if self.loss.reasoning_weight != 1 else "loss.answer_weight"
-            raise RecipeValueError("loss.reasoning_weight / loss.answer_weight apply to objective sft only", key)
+        self.check_sections()
         if self.method == "full" and self.freeze.vision and self.freeze.merger and self.freeze.language_model:
             raise RecipeValueError("freeze: every part is frozen, nothing would train", "freeze")
         if self.method != "full" and self.freeze.language_model is not False:
@@ -226,13 +244,25 @@ class Recipe:
         if self.optim.keep_best and self.optim.eval_steps and self.optim.save_steps \
                 and self.optim.save_steps % self.optim.eval_steps:
             raise invalid("optim.save_steps", "must be a multiple of optim.eval_steps to keep the best checkpoint")
-        if self.data.packing and self.objective == "dpo":
-            raise invalid("data.packing", "applies to objective sft: TRL's DPOTrainer scores one sequence per "
-                                          "row (its own padding-free mode is disabled in TRL 1.16)")
         if self.data.workers < 0:
             raise invalid("data.workers", "must be >= 0")
-        if self.dpo.start_adapter is not None and self.objective != "dpo":
-            raise invalid("dpo.start_adapter", "applies to objective dpo")
+
+    def check_sections(self) -> None:
+        """The objective's section checks the recipe; another objective's section must be left unset."""
+        for objective, name in SECTION_OF.items():
+            section = getattr(self, name)
+            if objective == self.objective:
+                section.check_recipe(self)
+                continue
+            default = type(section)()
+            changed = [f.name for f in dataclasses.fields(section)
+                       if getattr(section, f.name) != getattr(default, f.name)]
+            if changed:
+                raise invalid(f"{name}.{changed[0]}", f"applies to objective {objective}")
+
+    def section(self):
+        """The recipe section of this recipe's objective (`SECTION_OF`)."""
+        return getattr(self, SECTION_OF[self.objective])
 
     @property
     def run_dir(self) -> Path:
@@ -240,6 +270,20 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def loading(self) -> dict:
+        """`models.loading.load_model` keyword arguments that load the base as this recipe trains it."""
+        return loading_arguments(self.method, self.dtype, self.quant)
+
+
+def loading_arguments(method: Method, dtype: DType, quant: QuantConfig | None = None) -> dict:
+    """The one translation of a recipe's settings into `models.loading.load_model` keyword
+    arguments: the dtype and, for QLoRA, 4-bit with the recipe's quant type and double
+    quantisation (`quant=None`: the recipe defaults). Training, evaluation and export all load
+    a run's base through it, so none of them can drop a setting the others carry."""
+    quant = quant or QuantConfig()
+    return {"dtype": dtype, "load_in_4bit": method == "qlora", "quant_type": quant.type,
+            "double_quant": quant.double_quant}
 
 
 # Names users reach for that live elsewhere in the recipe: `learning_rate` -> `optim.lr`.

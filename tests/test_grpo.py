@@ -179,3 +179,17 @@ def test_grpo_qlora_zero3_across_two_processes_raises_the_correctness_reward(tmp
     for key in ("frac_reward_zero_std", "completions/mean_length", "completions/clipped_ratio"):
         assert f"{key.replace('/', '_')}_last" in report, key
     assert (Path(recipe.run_dir) / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_group_watch_warns_on_no_spread_and_on_length_collapse(capsys):
+    from types import SimpleNamespace
+
+    from qvq_tune.train.grpo import GroupWatch
+    watch, state = GroupWatch(zero_spread=0.8, collapse=0.3), SimpleNamespace(is_world_process_zero=True, global_step=1)
+    for share, length in ((0.9, 100.0), (0.95, 90.0), (0.5, 80.0), (0.9, 70.0), (0.9, 60.0)):
+        watch.on_log(None, state, None, {"frac_reward_zero_std": share, "completions/mean_length": length})
+    assert "no reward spread" not in capsys.readouterr().err          # never 3 logs in a row
+    for _ in range(3):
+        watch.on_log(None, state, None, {"frac_reward_zero_std": 0.85, "completions/mean_length": 20.0})
+    err = capsys.readouterr().err
+    assert err.count("no reward spread") == 1 and err.count("fell from 100 to 20") == 1

@@ -151,3 +151,14 @@ def test_conversational_completions_and_the_generation_prefix():
     for name, want in (("format", 1.0), ("correct", 1.0), ("tests.test_rewards:_opens_thinking", 1.0)):
         assert BatchReward(name, THINK, prefix="<think>\n")(["p"], [completion], [[1, 2]], answer=["15"]) == [want]
     assert BatchReward("tests.test_rewards:_opens_thinking", THINK)(["p"], [completion], [[1]], answer=["15"]) == [0.0]
+
+
+def test_a_completion_is_cut_only_when_it_fills_the_budget_without_ending():
+    ctx = ReplyContext(style="answer-only", budget=4)
+    reward = BatchReward("correct", ctx, end_ids=(99,))
+    assert reward.hit_budget([1, 2, 3, 99]) is False           # ended on the budget's last token
+    assert reward.hit_budget([1, 2, 3, 4]) is True
+    assert reward.hit_budget([1, 2]) is False
+    # a cut reply has an answer only where it is marked ("Answer: 15" is; a bare "15" is not)
+    assert reward(["p"] * 2, ["15", "Answer: 15"], [[1, 2, 3, 4]] * 2, answer=["15"] * 2) == [0.0, 1.0]
+    assert reward(["p"], ["15"], [[1, 2, 3, 99]], answer=["15"]) == [1.0]

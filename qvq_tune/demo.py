@@ -58,6 +58,14 @@ class DemoConfig:
             raise UserError("--dpo-steps must be >= 0", key="dpo_steps")
         if not 0 <= self.defect_rate <= 1:
             raise UserError("--defect-rate must be in [0, 1]", key="defect_rate")
+        from .synth.tasks import TASKS
+        if self.task not in TASKS:
+            raise UserError(f"--task {self.task!r} is not one of {', '.join(TASKS)}", key="task")
+        from .train.launch import resolve_accelerate_config
+        try:
+            resolve_accelerate_config(self.accelerate_config)
+        except UserError as exc:
+            raise UserError(f"--accelerate-config: {exc.bare_message}", key="accelerate_config") from None
 
 
 def _say(msg: str) -> None:
@@ -99,14 +107,31 @@ def _agree(comparison: dict | None) -> str:
             f"max |dlogit| {comparison['max_abs_logit_diff']:.3g}")
 
 
+def _recipe(recipe_name: str, overrides: dict, cfg: DemoConfig):
+    from .recipe import load_recipe
+    return load_recipe(recipe_name, {**overrides, "optim.seed": cfg.seed,
+                                     "launch.accelerate_config": cfg.accelerate_config,
+                                     "launch.num_processes": cfg.num_processes})
+
+
 def _train(recipe_name: str, overrides: dict, cfg: DemoConfig):
     from .run_folder import RunFolder
-    from .train.config import load_recipe
     from .train.run import train
-    recipe = load_recipe(recipe_name, {**overrides, "optim.seed": cfg.seed,
-                                       "launch.accelerate_config": cfg.accelerate_config,
-                                       "launch.num_processes": cfg.num_processes})
+    recipe = _recipe(recipe_name, overrides, cfg)
     return train(recipe, overwrite=True), RunFolder(recipe.run_dir)
+
+
+def dpo_overrides(cfg: DemoConfig, base: Path, out: Path, data: dict, sft_run: Path) -> dict:
+    """What the demo sets in the DPO recipe (`scripts/demo_dpo_stage.py` re-runs the stage with them)."""
+    return {"model": str(base), "output_dir": str(out), "name": "dpo", "data.train": str(data["dpo_train"]),
+            "dpo.start_adapter": str(sft_run), "optim.max_steps": cfg.dpo_steps}
+
+
+def check_recipes(cfg: DemoConfig) -> None:
+    """The demo's recipes with its settings, validated before the tiny base is built or any data made."""
+    _recipe(SFT_RECIPE, {"optim.max_steps": cfg.steps, "optim.per_device_batch_size": cfg.per_device_batch_size}, cfg)
+    if cfg.dpo_steps:
+        _recipe(DPO_RECIPE, {"optim.max_steps": cfg.dpo_steps}, cfg)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -117,8 +142,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .paths import write_text_atomic
     from .synth.generate import SynthConfig, generate
     from .synth.tasks import DEFECTS
+    from .tiny.base_record import record_pretraining
     from .tiny.pretrain import REPORT_FILE, ensure_tiny_base
 
+    check_recipes(cfg)               # before anything is built (the tiny base takes minutes on first use)
     clock = _Clock()
     out = Path(cfg.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -126,6 +153,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     _say("1/9 tiny base model (pre-trained once, then cached)")
     base = ensure_tiny_base(log=_say)
+    record_pretraining(base, log=_say)
     base_pretrain = json.loads((base / REPORT_FILE).read_text())
     clock.stage("base")
 
@@ -171,9 +199,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     if dpo:
         _say(f"7/9 DPO from the SFT adapter on clean-vs-defective pairs, {cfg.accelerate_config} "
              f"across {cfg.num_processes} processes")
-        dpo_report, final_run = _train(DPO_RECIPE, {
-            "model": str(base), "output_dir": str(out), "name": "dpo", "data.train": str(data["dpo_train"]),
-            "dpo.start_adapter": str(sft_run.path), "optim.max_steps": cfg.dpo_steps}, cfg)
+        dpo_report, final_run = _train(DPO_RECIPE, dpo_overrides(cfg, base, out, data, sft_run.path), cfg)
         model = load_for_eval(base, final_run.adapter, topts)
         dpo_eval = evaluate(model, data["test"], topts, out / "eval" / "dpo", desc="eval dpo")
         dpo_defects = defect_rate(model, data["test"], cfg, out / "eval" / "dpo_sampled", "sample dpo")

@@ -5,6 +5,8 @@
     chat_template.jinja      the exact chat template the samples were rendered with
     dataset.json             the dataset folders trained on, their build fingerprint, family,
                              reasoning format, and the processor / media settings of the build
+    training_data.json       the summary of every dataset this run and the runs it starts from
+                             trained and validated on, stage by stage (`data/training_data.py`)
     accelerate_config.yaml   the launcher preset as resolved for this run
     metrics.jsonl            one line per trainer log
     train.log                the workers' output (a single-node job)
@@ -15,8 +17,13 @@
     train_report.json        summary: steps, losses, wall time, trainable parameters
     loss.png                 the loss curve (DPO: also reward margin and log-probs)
 
-`RunFolder.create` is the one writer of the first three (the trainer calls it before any
+`RunFolder.create` is the one writer of the first four (the trainer calls it before any
 worker starts); training, evaluation and export read them through the accessors here.
+
+`training_data.json` lists the stages this run inherits, then its own: a run that starts
+from another run's adapter (any recipe section's `start_adapter`: DPO from SFT, RL from
+either) inherits that run's stages; otherwise the base model folder's own
+`training_data.json` (the tiny base's pre-training, an exported model's chain), if any.
 """
 
 from __future__ import annotations
@@ -28,15 +35,18 @@ from pathlib import Path
 
 import yaml
 
+from .data import training_data as td
 from .data.dataset import build_report, processor_settings
 from .errors import UserError
 from .models.detect import detect
 from .paths import write_json_atomic, write_text_atomic
+from .recipe import Recipe, key_lines, recipe_from_dict
 
 RECIPE, BASE_MODEL, DATASET, TEMPLATE = "recipe.yaml", "base_model.json", "dataset.json", "chat_template.jinja"
 ACCELERATE_CONFIG, METRICS, TRAIN_LOG, TRAIN_REPORT = ("accelerate_config.yaml", "metrics.jsonl",
                                                        "train.log", "train_report.json")
 ADAPTER_DIR, CHECKPOINTS, PLOT = "adapter", "checkpoints", "loss.png"
+TRAINING_DATA = td.FILE
 MEDIA_SETTINGS = ("fps", "max_frames", "system")
 LOCK = ".train.lock"
 NODE_LOGS, SBATCH = "logs", "launch.sbatch"
@@ -58,13 +68,15 @@ class RunFolder:
         return self.path / name
 
     # ---- the one writer --------------------------------------------------------------
-    def create(self, recipe: dict, *, model_dir: str | Path, train_data: str | Path,
+    def create(self, recipe: Recipe, *, model_dir: str | Path, train_data: str | Path,
                eval_data: str | Path | None = None) -> None:
         """Write the resolved recipe, the base model's identity and the dataset record."""
         self.path.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path / RECIPE, yaml.safe_dump(recipe, sort_keys=False))
+        write_text_atomic(self.path / RECIPE, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         write_json_atomic(self.path / BASE_MODEL, detect(model_dir).to_dict())
         write_json_atomic(self.path / DATASET, dataset_record(train_data, eval_data))
+        write_json_atomic(self.path / TRAINING_DATA, training_data_record(recipe, model_dir, train_data, eval_data,
+                                                                          name=self.path.name))
         template = chat_template(model_dir)
         if template is not None:
             write_text_atomic(self.path / TEMPLATE, template)
@@ -77,11 +89,13 @@ class RunFolder:
                             path=str(self.path))
         return json.loads(path.read_text(encoding="utf-8"))
 
-    def recipe(self) -> dict:
+    def recipe(self) -> Recipe:
+        """The recipe this run was trained with, read back as the `Recipe` it was written from."""
         path = self.path / RECIPE
         if not path.is_file():
             raise UserError(f"no {RECIPE} in this run folder", path=str(self.path))
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        return recipe_from_dict(yaml.safe_load(text) or {}, where=str(path), lines=key_lines(text))
 
     def base_model(self) -> dict:
         return self.read_json(BASE_MODEL)
@@ -98,6 +112,14 @@ class RunFolder:
 
     def train_report(self) -> dict:
         return self.read_json(TRAIN_REPORT)
+
+    def training_data(self) -> dict:
+        """The run's training-data document; once trained, its own stage says its steps and samples."""
+        doc = td.read(self.path)
+        if self.finished() and doc["stages"]:
+            report = self.train_report()
+            doc["stages"][-1].update(steps=report.get("steps"), samples=report.get("samples"))
+        return doc
 
     def finished(self) -> bool:
         return (self.path / TRAIN_REPORT).is_file()
@@ -154,6 +176,52 @@ def dataset_record(train_data: str | Path, eval_data: str | Path | None = None) 
                     processor=processor_settings(train_data),
                     media={k: settings.get(k) for k in MEDIA_SETTINGS})
     return info
+
+
+def training_data_record(recipe: dict, model_dir: str | Path, train_data: str | Path,
+                         eval_data: str | Path | None = None, *, name: str) -> dict:
+    """The stages a run inherits (`inherited_stages`) and its own: objective, method, and the
+    summary of each dataset it trains and validates on."""
+    datasets = [td.dataset_summary(train_data, "train")]
+    if eval_data:
+        datasets.append(td.dataset_summary(eval_data, "validation"))
+    inherited, starts_from = inherited_stages(recipe, model_dir)
+    identity = detect(model_dir)
+    own = {"name": recipe.get("name", name), "objective": recipe.get("objective"), "method": recipe.get("method"),
+           "base_model": identity.checkpoint or Path(model_dir).name, "starts_from": starts_from,
+           "fingerprint": td.stage_fingerprint(datasets), "datasets": datasets}
+    return td.document(inherited + [own])
+
+
+def start_adapter(recipe: dict) -> str | None:
+    """The adapter a recipe starts from (any section's `start_adapter`), or None."""
+    return next((section["start_adapter"] for section in recipe.values()
+                 if isinstance(section, dict) and section.get("start_adapter")), None)
+
+
+def inherited_stages(recipe: dict, model_dir: str | Path) -> tuple[list[dict], str]:
+    """(the stages before this run, what it starts from): the start adapter's run's (or
+    exported adapter's) stages, else the base model folder's; an adapter with no record
+    is listed as a stage whose data is not recorded."""
+    start = start_adapter(recipe)
+    if start is None:
+        return _stages_in(Path(model_dir)) or [], "the base model's weights"
+    for folder in (Path(start), Path(start).parent):
+        stages = _stages_in(folder)
+        if stages:
+            return stages, f"the adapter of stage {len(stages)} ({stages[-1].get('name')})"
+    unknown = {"name": "an adapter without a record", "folder": Path(start).name, "objective": None, "method": None,
+               "provenance": "not recorded: the start adapter has no training_data.json", "datasets": []}
+    before = _stages_in(Path(model_dir)) or []
+    return before + [unknown], f"the adapter of stage {len(before) + 1} (its data not recorded)"
+
+
+def _stages_in(folder: Path) -> list[dict] | None:
+    """The stages recorded in a run, export or model folder (without their numbers), or None."""
+    if td.find(folder) is None:
+        return None
+    doc = RunFolder(folder).training_data() if (folder / RECIPE).is_file() else td.read(folder)
+    return [{k: v for k, v in s.items() if k != "stage"} for s in doc["stages"]]
 
 
 def chat_template(model_dir: str | Path) -> str | None:

@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--qlora", action="store_true")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--profile", help="profile steps START:N with qvq-tune's step profiler into this folder "
+                                      "(DIR:START:N), for side-by-side profiles; off by default")
     args = ap.parse_args()
 
     import torch
@@ -69,6 +71,10 @@ def main() -> None:
                        dataloader_num_workers=0)
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows(Path(args.data))),
                          processing_class=processor, peft_config=lora)
+    if args.profile:
+        from qvq_tune.train.profile import StepProfiler
+        folder, start, steps = args.profile.rsplit(":", 2)
+        trainer.add_callback(StepProfiler(folder, int(start), int(steps)))
     result = trainer.train()
     if trainer.is_world_process_zero():
         tokens = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]

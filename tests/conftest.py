@@ -131,7 +131,7 @@ def built_train(tiny_model, tmp_path_factory):
 
 def make_recipe(tmp_path, model, data, *, steps: int = 4, batch: int = 4, **over):
     """A small SFT recipe on `data`; `over` sets dotted keys (`**{"optim.lr": 0.001}`)."""
-    from qvq_tune.train.config import recipe_from_dict
+    from qvq_tune.recipe import recipe_from_dict
 
     base = {"name": "t", "model": str(model), "method": "qlora", "output_dir": str(tmp_path),
             "data": {"train": str(data)},

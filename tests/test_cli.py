@@ -26,7 +26,8 @@ def test_top_level_help_lists_every_subcommand_with_a_description():
 
 @pytest.mark.parametrize("argv", [[n, "--help"] for n in SUBCOMMANDS] +
                          [["models", "detect", "--help"], ["zoo", "build", "--help"], ["data", "build", "--help"],
-                          ["eval", "score", "--help"], ["eval", "compare", "--help"]])
+                          ["eval", "score", "--help"], ["eval", "compare", "--help"],
+                          ["data", "pairs", "--help"]])
 def test_every_subcommand_has_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)

@@ -16,7 +16,7 @@ CASES = {
     "llava.json": [], "messages.jsonl": [], "messages_dpo.jsonl": [], "swift.jsonl": [],
     "custom_columns.jsonl": ["--columns", "question=problem,answer=solution,images=image_path"],
     "llamafactory_v1.jsonl": [], "llamafactory_v1_dpo.jsonl": [], "swift_conversation.jsonl": [],
-    "reasoning_fields.jsonl": [],
+    "reasoning_fields.jsonl": [], "tools.jsonl": [],
 }
 
 

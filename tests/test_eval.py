@@ -105,7 +105,7 @@ def test_blank_media_whitens_images_and_video_frames_alike(tiny_model, tmp_path)
 
 
 def test_eval_reads_the_run_folder(tiny_model, built_train, tmp_path):
-    from qvq_tune.train.config import recipe_from_dict
+    from qvq_tune.recipe import recipe_from_dict
     from qvq_tune.train.run import train
     recipe = recipe_from_dict({"name": "r", "model": str(tiny_model("qwen2_vl")), "method": "qlora",
                                "output_dir": str(tmp_path), "data": {"train": str(built_train["train"]),

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from qvq_tune.errors import UserError
-from qvq_tune.train.config import recipe_from_dict
+from qvq_tune.recipe import recipe_from_dict
 
 from .conftest import FAMILIES
 from .test_export_adapter import make_adapter
@@ -173,6 +173,7 @@ def test_qlora_legacy_keys_into_a_sharded_module_tree_base_bf16(runs, tmp_path):
         assert ((merged[name] - ref).abs() <= ref.abs() * 2 ** -8 + 1e-6).all(), name
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     assert report["proof"]["passed"] and report["proof"]["dtype"] == "bfloat16"
+    assert report["proof"]["rounding_floor"] > 0          # the fp32 base rounded to bf16 is measured
     as_trained = report["proof"]["vs_4bit_base_plus_adapter"]
     agreement = reply_agreement(out, recipe.model, recipe.run_dir / "adapter", recipe.data.train,
                                 report["proof"]["samples"])

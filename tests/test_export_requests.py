@@ -21,7 +21,7 @@ from .conftest import REPO
 # A non-default value for every field that has a flag.
 GIVEN = {"out": "o", "run": "r", "base": "b", "adapter": "a", "accept_license": "qwen", "force": True,
          "dtype": "fp32", "data": "d", "samples": 2, "qlora": True, "base_weights": "as-trained",
-         "target": "vllm", "max_lora_rank": 64, "tower_lora": True}
+         "target": "vllm", "max_lora_rank": 64, "tower_lora": True, "redact_paths": True}
 
 
 def argv(cls, values: dict) -> list[str]:

@@ -53,7 +53,7 @@ def test_liger_matches_transformers(tiny_model, built_train):
                     reason="here Liger can run")
 def test_liger_where_it_cannot_run_is_a_clear_error(tmp_path, tiny_model, built_train):
     from qvq_tune.errors import UserError
-    from qvq_tune.train.config import recipe_from_dict
+    from qvq_tune.recipe import recipe_from_dict
     from qvq_tune.train.run import check
     recipe = recipe_from_dict({"model": str(tiny_model("qwen2_vl")), "data": {"train": str(built_train["train"])},
                                "kernels": {"liger": True}})

@@ -12,7 +12,7 @@ import yaml
 
 from qvq_tune import presets
 from qvq_tune.data.kinds import KINDS, DataKind, data_kind, kind_of_columns
-from qvq_tune.train.config import SECTION_OF, Recipe, recipe_from_dict
+from qvq_tune.recipe import SECTION_OF, Recipe, recipe_from_dict
 from qvq_tune.train.objectives import Objective, get, registered
 
 from .conftest import REPO

@@ -66,7 +66,7 @@ def test_packed_row_equals_the_padded_batch(tiny_model, varied):
 
 def test_packed_training_has_no_padding(tmp_path, tiny_model, built_train):
     from qvq_tune.train.callbacks import read_metrics
-    from qvq_tune.train.config import recipe_from_dict
+    from qvq_tune.recipe import recipe_from_dict
     from qvq_tune.train.run import train
     recipe = recipe_from_dict({"name": "packed", "model": str(tiny_model("qwen2_vl")), "output_dir": str(tmp_path),
                                "data": {"train": str(built_train["train"]), "packing": True},
@@ -85,7 +85,7 @@ def test_packed_training_has_no_padding(tmp_path, tiny_model, built_train):
 
 def test_dpo_refuses_packing(tmp_path):
     from qvq_tune.errors import UserError
-    from qvq_tune.train.config import recipe_from_dict
+    from qvq_tune.recipe import recipe_from_dict
     with pytest.raises(UserError, match="data.packing"):
         recipe_from_dict({"objective": "dpo", "data": {"train": str(tmp_path), "packing": True}})
 

@@ -52,6 +52,6 @@ def test_a_profiled_run_writes_its_breakdown(tmp_path, tiny_model, built_train):
 
 def test_profile_keys_are_checked():
     from qvq_tune.errors import UserError
-    from qvq_tune.train.config import recipe_from_dict
+    from qvq_tune.recipe import recipe_from_dict
     with pytest.raises(UserError, match=r"\[profile.steps\]: profile.steps must be >= 0"):
         recipe_from_dict({"data": {"train": "x"}, "profile": {"steps": -1}})

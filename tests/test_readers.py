@@ -410,7 +410,7 @@ ERRORS = [
                         {"from": "gpt", "value": "z"}]}, "bad_role_order", "conversations[1]"),
     ({"conversations": [{"from": "narrator", "value": "x"}]}, "bad_role_order", "conversations[0].from"),
     ({"conversations": [{"from": "human", "value": "x"}, {"from": "function_call", "value": "{}"},
-                        {"from": "observation", "value": "{}"}]}, "bad_role_order", "conversations[1].from"),
+                        {"from": "observation", "value": "{}"}]}, "tool_call_not_json", "conversations[1].value"),
     ({"messages": [{"role": 1, "content": "x"}]}, "bad_field_type", "messages[0].role"),
     (sg("a", "b", system="s", conversations=[{"from": "system", "value": "t"}, {"from": "human", "value": "a"},
                                              {"from": "gpt", "value": "b"}]), "bad_role_order", "conversations[0]"),
@@ -429,6 +429,9 @@ ERRORS = [
      "bad_field_type", "messages[1].loss"),
     ({"messages": [{"role": "user", "content": [{"type": "text", "value": "q"}]},
                    {"role": "assistant", "content": [{"type": "tool_call", "value": "{}"}]}]},
+     "tool_call_not_json", "messages[1].content[0].value"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "value": "q"}]},
+                   {"role": "assistant", "content": [{"type": "image", "value": "a.png"}]}]},
      "bad_field_type", "messages[1].content[0]"),
     ({"messages": [{"role": "user", "content": [{"type": "reasoning", "value": "q"}]},
                    {"role": "assistant", "content": "a"}]}, "bad_field_type", "messages[0].content[0].type"),
@@ -475,7 +478,9 @@ EXPECTED_FORMAT = {"native.jsonl": "native", "native_dpo.jsonl": "native", "shar
                    "sharegpt_dpo.json": "sharegpt", "llava.json": "llava", "messages.jsonl": "messages",
                    "messages_dpo.jsonl": "messages", "swift.jsonl": "swift", "custom_columns.jsonl": "native",
                    "llamafactory_v1.jsonl": "messages", "llamafactory_v1_dpo.jsonl": "messages",
-                   "swift_conversation.jsonl": "swift", "reasoning_fields.jsonl": "native"}
+                   "swift_conversation.jsonl": "swift", "reasoning_fields.jsonl": "native",
+                   # one row per format, each with tools (native, OpenAI, ShareGPT, v1, ms-swift agent)
+                   "tools.jsonl": ("native", "messages", "sharegpt", "messages", "sharegpt")}
 COLUMNS = {"custom_columns.jsonl": {"question": "problem", "answer": "solution", "images": "image_path"}}
 DPO = {"native_dpo.jsonl", "sharegpt_dpo.json", "messages_dpo.jsonl", "llamafactory_v1_dpo.jsonl"}
 
@@ -501,11 +506,12 @@ def test_every_template_is_listed():
 def test_templates_parse_with_auto_detection(name):
     path = TEMPLATES / name
     records = _records(path)
-    assert 2 <= len(records) <= 4
+    assert 2 <= len(records) <= 5
     for i, raw in enumerate(records):
         record = base.apply_columns(raw, COLUMNS.get(name, {}))
         record = base.apply_columns(record, base.field_aliases(record))
-        assert matching_readers(record) == [EXPECTED_FORMAT[name]], (name, i)
+        expected = EXPECTED_FORMAT[name]
+        assert matching_readers(record) == [expected if isinstance(expected, str) else expected[i]], (name, i)
         ex = parse(raw, Origin(str(path), line=i + 1), ReaderOptions(columns=COLUMNS.get(name, {})))
         assert isinstance(ex, PreferencePair if name in DPO else (Conversation, PreferencePair))
         assert ex.media, f"{name}[{i}] references no image"

@@ -53,6 +53,12 @@ def rows(out: Path, name: str) -> list[dict]:
     return json.loads(text.replace(str(out), "OUT"))            # media paths point into each build's folder
 
 
+def _provenance(report: dict) -> dict:
+    """A build's provenance without each file's local origin (the one per-build path)."""
+    prov = report["provenance"]
+    return {**prov, "sources": [{k: v for k, v in e.items() if k != "origin"} for e in prov["sources"]]}
+
+
 def quarantine(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
 
@@ -70,6 +76,9 @@ def test_three_shards_merge_into_the_unsharded_build(inputs, tiny_model, tmp_pat
     for name in ("dataset", "preference"):
         assert rows(tmp_path / "merged", name) == rows(tmp_path / "whole", name) != []
     assert quarantine(tmp_path / "merged") == quarantine(tmp_path / "whole")
+    assert _provenance(merged) == _provenance(whole)                 # per file, cross-shard duplicates moved
+    assert sum(e["quarantine_reasons"].get("duplicate", 0) for e in merged["provenance"]["sources"]) == \
+        merged["quarantine_reasons"].get("duplicate", 0)
     if keep_duplicates:
         assert whole["duplicates_kept"] == 4 and "duplicate" not in whole["quarantine_reasons"]
         return

@@ -42,7 +42,8 @@ def test_splits_are_disjoint_and_answers_follow_from_the_scene(task, tmp_path):
     for split in ("train", "validation", "test"):
         for r in _rows(tmp_path / f"{split}.jsonl"):
             assert (tmp_path / r["images"][0]).is_file()
-            assert r["answer"] and r["reasoning"].startswith("The schematic shows")
+            first = r["steps"][0]["reasoning"] if r.get("steps") else r["reasoning"]     # a tool task looks up first
+            assert r["answer"] and first.startswith("The schematic shows")
             meta = r["meta"]
             scene = Scene(meta["shape"], meta["colour"], tuple(range(meta["count"])), ((0, 0, 0),) * meta["count"])
             assert TASKS[task].solve(scene).answer == r["answer"]
@@ -75,3 +76,26 @@ def test_dpo_rejections_are_wrong_looping_or_language_mixed(tmp_path):
 def test_bad_config_is_a_user_error():
     with pytest.raises(UserError, match="unknown synthetic task"):
         SynthConfig(task="nope")
+
+
+def test_parts_lookup_prices_come_only_from_its_tool(tmp_path):
+    from qvq_tune.data.messages import Origin
+    from qvq_tune.data.readers import ReaderOptions, parse
+    from qvq_tune.eval.tools import load_tools
+    from qvq_tune.synth.tasks import PART_OF_SHAPE, all_task_phrasebooks
+    manifest = generate(SynthConfig(task="parts_lookup", train=12, validation=0, test=4), tmp_path / "s",
+                        progress=False)
+    assert manifest["tools"] == "tools.py" and "dpo_train" not in manifest["counts"]
+    box = load_tools(tmp_path / "s" / "tools.py")
+    assert sorted(box.functions) == ["price"]
+    for line in (tmp_path / "s" / "train.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        meta, step = rec["meta"], rec["steps"][0]
+        part = f"{meta['colour']} {PART_OF_SHAPE[meta['shape']]}"
+        assert step["tool_calls"] == [{"name": "price", "arguments": {"part": part}}]
+        unit = box.functions["price"](part)
+        assert step["results"] == [str(unit)] and rec["answer"] == str(meta["count"] * unit)
+        assert str(unit) not in rec["question"] + step["reasoning"]           # not in the prompt nor read off
+        conv = parse(rec, Origin("t", index=0), ReaderOptions())
+        assert [t.role for t in conv.turns] == ["user", "assistant", "tool", "assistant"]
+    assert not any("purple valve" in line for line in all_task_phrasebooks())   # tiny corpus unchanged

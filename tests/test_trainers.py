@@ -117,7 +117,7 @@ def mixed_media(tiny_model, tmp_path_factory):
 def test_zero3_with_a_text_only_rank_finishes(tmp_path, tiny_model, mixed_media):
     """Without the dummy vision pass the text-only rank desynchronises ZeRO-3's gathers (a hang on
     GPUs, an abort with gloo); the subprocess timeout turns a hang into a failure."""
-    script = (f"from qvq_tune.train.config import recipe_from_dict; from qvq_tune.train.run import train; "
+    script = (f"from qvq_tune.recipe import recipe_from_dict; from qvq_tune.train.run import train; "
               f"r = recipe_from_dict({{'name': 'mixed', 'model': {str(tiny_model('qwen2_vl'))!r}, "
               f"'output_dir': {str(tmp_path)!r}, 'data': {{'train': {str(mixed_media)!r}, 'shuffle': False}}, "
               f"'lora': {{'vision': True}}, 'optim': {{'max_steps': 4, 'per_device_batch_size': 1, 'logging_steps': 1}}, "
@@ -179,7 +179,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_with_the_same_losses(tmp_path, 
                           "launch.accelerate_config": "zero3_shard_all", "launch.num_processes": 2})
     train(recipe("whole"))
     cut = recipe("cut")
-    code = ("import sys, json; from qvq_tune.train.config import recipe_from_dict; from qvq_tune.train.run "
+    code = ("import sys, json; from qvq_tune.recipe import recipe_from_dict; from qvq_tune.train.run "
             f"import train; train(recipe_from_dict(json.loads({json.dumps(json.dumps(cut.to_dict()))})))")
     launcher = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -3,7 +3,9 @@
 LLaMA-Factory v1 records with `loss_weight` 1, 2 and 0 are built with `data build`,
 batched by the real collator and scored by the real trainer (`WeightedSFTTrainer`). The
 reference loss is computed here by hand from the model's full logits: the sum of each
-labelled token's cross-entropy times its weight, over the number of labelled tokens.
+labelled token's cross-entropy times its weight, over the number of labelled tokens; both
+ways of reading the LM head (`loss.lm_head`: TRL's fused head, or the labelled positions'
+logits only) must give it.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ RECORDS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def weighted(tiny_model, tmp_path_factory):
-    """(trainer, collator, samples) for RECORDS built with the tiny qwen2_vl."""
+@pytest.fixture(scope="module", params=["fused", "labelled"])
+def weighted(request, tiny_model, tmp_path_factory):
+    """(trainer, collator, samples) for RECORDS built with the tiny qwen2_vl, the loss read from
+    TRL's fused LM head or from the labelled positions' logits only (`loss.lm_head`)."""
     from trl import SFTConfig
 
     from qvq_tune.train.weighted_sft import WeightedSFTTrainer
@@ -55,7 +58,7 @@ def weighted(tiny_model, tmp_path_factory):
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
     collator = VisionCollator(processor, loss_weights=True)
     trainer = WeightedSFTTrainer(model=model, args=args, train_dataset=samples, data_collator=collator,
-                                 processing_class=processor)
+                                 processing_class=processor, lm_head=request.param)
     trainer.model.eval()
     return trainer, collator, samples.to_list()
 

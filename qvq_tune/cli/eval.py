@@ -26,13 +26,20 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     p.add_argument("--device", default="auto", help="auto (all GPUs, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--load-in-4bit", action="store_true", help="quantise the base as QLoRA trained it "
-                   "(automatic with --run of a QLoRA run)")
+                   "(automatic with --run of a QLoRA run, with its recipe's quant settings)")
+    p.add_argument("--quant-type", default="nf4", choices=("nf4", "fp4"), help="with --load-in-4bit")
+    p.add_argument("--no-double-quant", dest="double_quant", action="store_false", help="with --load-in-4bit")
     p.add_argument("--blank-images", action="store_true",
                    help="also score with every image and video frame blanked (image reliance)")
+    p.add_argument("--tools", metavar="FILE.py", help="run the tool loop: a Python file whose functions are "
+                   "the tools (called by name with the call's JSON arguments); the last reply is scored")
+    p.add_argument("--max-tool-turns", type=int, default=4, help="replies per prompt in the tool loop")
+    p.add_argument("--tool-timeout", type=float, default=10.0, help="seconds per tool call")
     p.set_defaults(func=_run)
     actions = p.add_subparsers(dest="eval_command", metavar="ACTION")
     s = actions.add_parser("score", help="score replies generated elsewhere (no model is loaded)",
-                           description="Each line of FILE: id, reply, reference, and optionally choices, "
+                           description="Each line of FILE: id, reply (or messages: a multi-turn transcript "
+                                       "with tool calls and results), reference, and optionally tools, choices, "
                                        "reasoning, finish_reason, num_tokens, condition.")
     s.add_argument("--predictions", required=True, metavar="FILE.jsonl")
     s.add_argument("--out", required=True, metavar="DIR")
@@ -56,7 +63,9 @@ def _run(args) -> int:
         raise UserError("eval needs --model and --data, or --run (its data.eval, or --data)", key="data")
     opts = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit,
                        blank_images=args.blank_images, samples=args.samples, temperature=args.temperature,
-                       seed=args.seed, load_in_4bit=args.load_in_4bit, dtype=args.dtype, device=args.device)
+                       seed=args.seed, load_in_4bit=args.load_in_4bit, quant_type=args.quant_type,
+                       double_quant=args.double_quant, dtype=args.dtype, device=args.device,
+                       tools=args.tools, max_tool_turns=args.max_tool_turns, tool_timeout=args.tool_timeout)
     model = resolve_model_dir(args.model) if args.model else None
     summary = run_eval(args.out, opts, model=model, adapter=args.adapter, run=args.run, data=args.data)
     print(json.dumps(summary, indent=2))

@@ -50,8 +50,8 @@ def _run(args) -> int:
     import dataclasses
 
     from ..errors import UserError
-    from ..tiny.resolve import TINY, resolve_model_dir
-    from ..train.config import load_recipe, recipe_path
+    from ..recipe import load_recipe, recipe_path
+    from ..tiny.resolve import needs_building, resolve_model_dir
     from ..train.run import check, train
 
     source = str(recipe_path(args.recipe))
@@ -59,14 +59,15 @@ def _run(args) -> int:
     if node_flags and not args.prepare:
         raise UserError(f"--{node_flags[0].replace('_', '-')} needs --prepare", key="--prepare")
     recipe = load_recipe(source, parse_overrides(args.set))
+    # Everything checkable without the model first: the tiny base (or a zoo model) a recipe
+    # names is built on first use, which takes minutes; a missing dataset must not wait for it.
+    built = not needs_building(recipe.model)
+    if built:
+        recipe = dataclasses.replace(recipe, model=str(resolve_model_dir(recipe.model)))
+    check(recipe, source, model_built=built)
     if args.check:
-        built = recipe.model != TINY       # the tiny base is built on first use, not by a check
-        if built:
-            recipe = dataclasses.replace(recipe, model=str(resolve_model_dir(recipe.model)))
-        check(recipe, source, model_built=built)
         print(json.dumps(recipe.to_dict(), indent=2))
         return 0
-    # Build the tiny base once, here, before any worker starts.
     recipe = dataclasses.replace(recipe, model=str(resolve_model_dir(recipe.model)))
     if args.prepare:
         return _prepare(recipe, args, source)

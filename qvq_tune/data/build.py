@@ -63,6 +63,7 @@ from .fingerprint import cached_report, processor_hash
 from .fingerprint import fingerprint as build_fingerprint
 from .media import MediaOptions, MediaResolver
 from .messages import Conversation, Origin, Turn, read_as
+from .provenance import SourceTally, reasoning_scripts
 from .quarantine import QuarantineWriter, RecordError, quarantine_row
 from .readers import ReaderOptions, parse
 from .render import RenderError, RenderOptions, SampleRenderer
@@ -108,11 +109,12 @@ class _Worker:
         return outcomes, self.resolver.drain_touched()
 
     def one(self, origin: Origin, raw, error, root: Path) -> tuple:
-        """(data kind name, sample, content key, aliases, read as) or ("bad", (code, message, field),
-        None, aliases, read as); `aliases` is the field mapping `readers.parse` applied ("" for
-        none), `read as` how its replies' reasoning was read (None when it did not parse)."""
+        """(data kind name, sample, content key, aliases, read as, facts) or ("bad", (code, message,
+        field), None, aliases, read as, facts); `aliases` is the field mapping `readers.parse`
+        applied ("" for none), `read as` how its replies' reasoning was read (None when it did not
+        parse), `facts` its record format and its reasoning's letters per script (provenance)."""
         if error is not None:
-            return "bad", error, None, "", None
+            return "bad", error, None, "", None, (None, {})
         example = None
         try:
             example = parse(raw, origin, self.reader)
@@ -123,16 +125,24 @@ class _Worker:
             else:
                 kind, sample = PREFERENCE.name, self.renderer.render_pair(example, media)
         except RecordError as exc:
-            return "bad", (exc.code, exc.message, exc.field), None, aliases_text(example), _read_as(example)
+            return ("bad", (exc.code, exc.message, exc.field), None, aliases_text(example), _read_as(example),
+                    _facts(example))
         except RenderError as exc:
-            return "bad", (exc.code, str(exc), None), None, aliases_text(example), _read_as(example)
+            return "bad", (exc.code, str(exc), None), None, aliases_text(example), _read_as(example), _facts(example)
         record_id = example.meta.get("id")
         sample.update(id=str(record_id) if record_id is not None else origin.where(),
                       source=origin.source, line=origin.line, index=origin.index)
-        return kind, sample, content_key(example, media), aliases_text(example), read_as(example)
+        return kind, sample, content_key(example, media), aliases_text(example), read_as(example), _facts(example)
 
     def count_tokens(self, text: str) -> int:
         return len(self.renderer.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _facts(example) -> tuple[str | None, dict]:
+    """(record format, reasoning letters per script) of a parsed record, for its file's provenance."""
+    if example is None:
+        return None, {}
+    return example.meta.get("format"), reasoning_scripts(example)
 
 
 def _read_as(example) -> str | None:
@@ -209,11 +219,13 @@ def _chunks(files: list[Path], image_root: str | None, num_shards: int = 1,
 
 
 def content_key(example, media) -> bytes:
-    """Hash of the canonical record: roles, texts, reasoning, loss weights, media kinds and bytes."""
+    """Hash of the canonical record: roles, texts, reasoning, tool calls, loss weights, the tool
+    list, media kinds and bytes."""
     def turn(t: Turn) -> list:
-        return [t.role, t.reasoning, [[p.kind, p.text] for p in t.parts], t.loss_weight]
+        return [t.role, t.reasoning, [[p.kind, p.text] for p in t.parts], t.loss_weight,
+                *([[[c.name, c.arguments] for c in t.tool_calls]] if t.tool_calls else [])]
     if isinstance(example, Conversation):
-        body = {"turns": [turn(t) for t in example.turns]}
+        body = {"turns": [turn(t) for t in example.turns], **({"tools": example.tools} if example.tools else {})}
     else:
         body = {"prompt": [turn(t) for t in example.prompt], "chosen": turn(example.chosen),
                 "rejected": turn(example.rejected)}
@@ -255,10 +267,11 @@ def build(config: BuildConfig, *, log=None, progress: bool = False) -> dict:
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
     try:
-        counts, reasons, media_index, datasets_ = _process(config, spec, files, workers, stage, progress)
+        tally = SourceTally.for_inputs(files, config.input, config.data_license)
+        counts, reasons, media_index, datasets_ = _process(config, spec, files, workers, stage, progress, tally)
         outputs = publish_outputs(out, stage, datasets_)
         report = make_report(out, config.max_tokens, counts, reasons, datasets_, outputs, settings, model_info,
-                             fingerprint, workers, time.perf_counter() - started)
+                             fingerprint, workers, time.perf_counter() - started, sources=tally.finish())
         datasets_.clear()
         write_json_atomic(out / CACHE, {"fingerprint": fingerprint, "media": media_index}, indent=None)
         write_json_atomic(out / REPORT, report)
@@ -280,7 +293,7 @@ def _settings(config: BuildConfig, detected, out: Path) -> dict:
     return settings
 
 
-def _process(config, spec, files, workers, stage, progress):
+def _process(config, spec, files, workers, stage, progress, tally: SourceTally):
     """Stream every record through the workers; write samples and quarantine rows in order."""
     from tqdm import tqdm
 
@@ -295,8 +308,9 @@ def _process(config, spec, files, workers, stage, progress):
     with QuarantineWriter(stage / QUARANTINE) as quarantine, closing(_results(spec, chunks, workers)) as results:
         for (_, items), outcomes, touched in results:
             media_index.update(touched)
-            for (origin, raw, _, position), (kind, payload, key, applied, style) in zip(items, outcomes):
+            for (origin, raw, _, position), (kind, payload, key, applied, style, facts) in zip(items, outcomes):
                 n_input += 1
+                tally.read(origin.source, *facts)
                 if style:
                     styles[style] += 1
                 if applied:
@@ -312,8 +326,10 @@ def _process(config, spec, files, workers, stage, progress):
                     quarantine.write(quarantine_row(origin, code, message, raw, field_, record_index=position,
                                                     content_key=key.hex() if code == "duplicate" else None,
                                                     read_as=style if code != "duplicate" else None))
+                    tally.quarantined(origin.source, code)
                 else:
                     writers.write(kind, payload)
+                    tally.kept(origin.source, kind, payload)
             bar.update(len(items))
     bar.close()
     media_index = {p: (list(s) if s else None) for p, s in sorted(media_index.items())}

@@ -70,6 +70,12 @@ class BuildConfig:
                                        parse=parse_filters)
     max_trace_tokens: int = _option(DEFAULT_MAX_TRACE_TOKENS, "--filter too-long: longest reasoning trace kept",
                                     metavar="N")
+    data_license: str | None = _option(None, "the data's licence for training-data summaries (an SPDX id such as "
+                                             "cc-by-4.0, or free text); default: the license: of a dataset card "
+                                             "(README.md) beside or above each input file", metavar="ID")
+    data_name: str | None = _option(None, "the data's name in training-data summaries; a Hub id OWNER/NAME also "
+                                          "goes into exported model cards' datasets: (default: from a Hub cache "
+                                          "path, else the input's name)", metavar="NAME")
 
     def __post_init__(self):
         if self.format not in INPUT_FORMATS:
@@ -98,6 +104,10 @@ class BuildConfig:
         if not isinstance(self.shard_index, int) or not 0 <= self.shard_index < self.num_shards:
             raise UserError(f"--shard-index must be 0 .. {self.num_shards - 1} (--num-shards {self.num_shards}), "
                             f"got {self.shard_index!r}", key="shard_index")
+        for name in ("data_license", "data_name"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip() or "\n" in value):
+                raise UserError(f"--{name.replace('_', '-')} must be one line of text, got {value!r}", key=name)
         if self.truncate and not self.max_tokens:
             raise UserError("--truncate needs --max-tokens", key="truncate")
         if not Path(self.input).exists():

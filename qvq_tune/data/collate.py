@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from .render import IGNORE_INDEX, SPAN_ANSWER, SPAN_NONE, SPAN_REASONING
+from .render import IGNORE_INDEX, SPAN_ANSWER, SPAN_NONE, SPAN_REASONING, SPAN_TOOL_CALL
 from .video import Video, encode_videos, load_video, seconds_per_grid
 from .vision import PixelCache
 
@@ -82,7 +82,8 @@ class VisionCollator:
         spans = self.span_weights != (1.0, 1.0)
         if not self.loss_weights or not (spans or any(s.get("loss_weights") is not None for s in samples)):
             return None
-        factor = {SPAN_NONE: 0.0, SPAN_REASONING: self.span_weights[0], SPAN_ANSWER: self.span_weights[1]}
+        factor = {SPAN_NONE: 0.0, SPAN_REASONING: self.span_weights[0], SPAN_ANSWER: self.span_weights[1],
+                  SPAN_TOOL_CALL: self.span_weights[1]}      # a tool call weighs as an answer
         out = []
         for s in samples:
             base = s.get("loss_weights") or [0.0 if x == IGNORE_INDEX else 1.0 for x in s["labels"]]

@@ -116,7 +116,8 @@ def script_of(ch: str) -> str | None:
     return None if first in _NEUTRAL else _SCRIPTS.get(first, "other")
 
 
-def _script_counts(text: str) -> Counter:
+def script_counts(text: str) -> Counter:
+    """Letters per writing system (`script_of`) in `text`."""
     counts = Counter()
     for ch, n in Counter(text).items():
         if script := script_of(ch):
@@ -125,13 +126,13 @@ def _script_counts(text: str) -> Counter:
 
 
 def dominant_script(text: str) -> str | None:
-    counts = _script_counts(text)
+    counts = script_counts(text)
     return counts.most_common(1)[0][0] if counts else None
 
 
 def language_mix(text: str, expected: str | None = None) -> dict:
     """{"score", "flagged", "expected", "char_share", "spans"}: tokens in an unexpected script."""
-    scripts = _script_counts(text)
+    scripts = script_counts(text)
     expected = expected or (scripts.most_common(1)[0][0] if scripts else None)
     toks = tokens(text)
     n_letters = sum(scripts.values())

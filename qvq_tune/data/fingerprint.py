@@ -14,8 +14,12 @@ from pathlib import Path
 
 from .. import __version__
 from .media import file_stat
+from .training_data import FILE as TRAINING_DATA
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
+# Files of a checkpoint folder that say what it was trained on, not how it reads input: a record
+# added to a folder later (the tiny base's) leaves the datasets built with it valid.
+_NOT_PROCESSOR = (TRAINING_DATA,)
 
 
 def _source_hash(paths) -> str:
@@ -32,8 +36,10 @@ def code_version() -> str:
 
 
 def processor_hash(model_dir: Path) -> str:
-    """Hash of everything in a checkpoint folder but the weights (tokenizer, template, processor)."""
-    files = [p for p in sorted(model_dir.iterdir()) if p.is_file() and p.suffix not in _WEIGHT_SUFFIXES]
+    """Hash of everything in a checkpoint folder but the weights and its training-data record
+    (tokenizer, template, processor)."""
+    files = [p for p in sorted(model_dir.iterdir())
+             if p.is_file() and p.suffix not in _WEIGHT_SUFFIXES and p.name not in _NOT_PROCESSOR]
     return _source_hash(files)
 
 

@@ -32,6 +32,7 @@ from .fingerprint import code_version
 from .files import iter_raw
 from .kinds import KINDS
 from .messages import Origin
+from .provenance import SourceTally
 from .quarantine import QuarantineWriter, RecordError, excerpt, quarantine_row
 from .writers import (CACHE, MEDIA_DIR, QUARANTINE, REPORT, SampleWriters, make_report,
                       publish_outputs, summary_line)
@@ -133,7 +134,8 @@ def merge(shard_dirs: list[str], out: str | Path, *, log=None) -> dict:
     stage.mkdir()
     try:
         _copy_media(shards, out / MEDIA_DIR)
-        counts, reasons, datasets_ = _join(shards, settings, out, stage, log)
+        tally = SourceTally.from_shards([s.report["provenance"] for s in shards])
+        counts, reasons, datasets_ = _join(shards, settings, out, stage, log, tally)
         outputs = publish_outputs(out, stage, datasets_)
         counts["aliases"] = dict(sorted(sum((Counter(s.report["field_aliases"]) for s in shards), Counter()).items()))
         read_as = sum((Counter(s.report["reasoning_read_as"]) for s in shards), Counter())
@@ -141,7 +143,7 @@ def merge(shard_dirs: list[str], out: str | Path, *, log=None) -> dict:
         fingerprint = hashlib.sha256(json.dumps([s.report["fingerprint"] for s in shards]).encode()).hexdigest()
         report = make_report(out, settings["max_tokens"], counts, reasons, datasets_, outputs,
                              {**settings, "out": str(out), "shard_index": None}, shards[0].report["model"],
-                             fingerprint, None, sum(s.report["seconds"] for s in shards))
+                             fingerprint, None, sum(s.report["seconds"] for s in shards), sources=tally.finish())
         datasets_.clear()
         report.update(merged_from=[str(s.path) for s in shards],
                       merge_seconds=round(time.perf_counter() - started, 3))
@@ -154,7 +156,7 @@ def merge(shard_dirs: list[str], out: str | Path, *, log=None) -> dict:
     return report
 
 
-def _join(shards: list[Shard], settings: dict, out: Path, stage: Path, log):
+def _join(shards: list[Shard], settings: dict, out: Path, stage: Path, log, tally: SourceTally):
     """Every shard's rows in input order into staged datasets and one quarantine file."""
     writers = SampleWriters(stage)
     dedup = Deduplicator(settings["keep_duplicates"])
@@ -176,6 +178,7 @@ def _join(shards: list[Shard], settings: dict, out: Path, stage: Path, log):
                     writers.write(kind, _rebase(row, shards[shard_no].media_prefix, media))
                     continue
                 refetch[position] = quarantine.total
+                tally.unkeep(row["source"], kind, row, "duplicate")
                 row = quarantine_row(origin, "duplicate", duplicate_message(first), None,
                                      record_index=position, content_key=row["content_key"])
             quarantine.write(row)

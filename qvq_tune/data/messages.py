@@ -7,6 +7,13 @@ its final answer, so the renderer can write either as QVQ free-form text, think 
 or answer-only, and carries its loss weight (LLaMA-Factory's `loss_weight`, ms-swift's
 `loss` / `loss_scale`): 0 means the reply is context only, other values scale its tokens'
 loss.
+
+Tools: a conversation may carry the tool list the model was prompted with (`tools`, each
+in OpenAI's `{"type": "function", "function": {name, description?, parameters?}}`
+wrapping, whatever shape the input gave). A tool call is part of an assistant turn
+(`Turn.tool_calls`, after its reasoning and any text), a tool result a turn of its own
+(role `tool`, its text in the parts). A turn's order: system? then exchanges of a user turn,
+assistant turns and, after each assistant turn that calls tools, the results of those calls.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 MediaKind = Literal["image", "video"]
 
 
@@ -68,6 +75,16 @@ class Part:
         return Part(media.kind, media=media)
 
 
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call of an assistant turn: the function's name and its parsed JSON arguments."""
+    name: str
+    arguments: dict
+
+    def to_openai(self) -> dict:
+        return {"type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
 @dataclass
 class Turn:
     role: Role
@@ -75,6 +92,7 @@ class Turn:
     reasoning: str | None = None  # assistant turns: the trace; the parts hold the answer
     loss_weight: float = 1.0      # assistant turns: 0 = no loss on this reply, w = its tokens weigh w
     read_as: str = "answer-only"  # assistant turns: where the reader found the trace (reasoning.READ_AS)
+    tool_calls: list[ToolCall] = field(default_factory=list)  # assistant turns: calls after the text
 
     @property
     def text(self) -> str:
@@ -90,6 +108,7 @@ class Conversation:
     turns: list[Turn]
     origin: Origin
     meta: dict = field(default_factory=dict)
+    tools: list[dict] = field(default_factory=list)   # {"type": "function", "function": {...}} each
 
     @property
     def media(self) -> list[Media]:

@@ -31,8 +31,15 @@ REASONS: dict[str, str] = {
     "remote_url": "a media URL is remote and --allow-remote was not given",
     "placeholder_mismatch": "the number of <image>/<video> placeholders differs from the media given",
     "empty_assistant": "there is no assistant reply, or it is empty",
-    "bad_role_order": "turns are not system? (user assistant)+ in order",
+    "bad_role_order": "turns are not system? (user assistant (tool assistant)*)+ in order",
+    "think_marker_in_answer": "a reply gives its reasoning apart and still has think markers in its answer text",
     "special_token_in_text": "text contains one of the chat template's control tokens (turn, vision or padding markers)",
+    # tool-calling records (data/readers/tools.py)
+    "bad_tool_schema": "the record's tool list is not JSON, or a tool is not a name with a JSON Schema for its parameters",
+    "tool_call_not_json": "a tool call is not JSON, or not a name with an object of arguments",
+    "unknown_tool": "a tool call names a function the record's tool list lacks",
+    "missing_tool_argument": "a tool call lacks an argument its tool requires",
+    "orphan_tool_result": "a tool result has no tool call before it",
     "too_long": "the rendered sample is longer than --max-tokens",
     "duplicate": "an exact duplicate of an earlier record",
     # --filter checks on the replies (data/trace_filters.py), off unless asked for
@@ -40,6 +47,10 @@ REASONS: dict[str, str] = {
     "language_mix": "--filter language-mix: the reply switches to another script mid-way",
     "no_answer": "--filter no-answer: the reply never reaches a final answer",
     "trace_too_long": "--filter too-long: the reasoning trace is longer than --max-trace-tokens",
+    # `data pairs`: a prompt whose sampled replies give no preference pair (eval/pairing.py)
+    "all_right": "data pairs: every sampled reply is right and clean, nothing to reject",
+    "all_wrong": "data pairs: no sampled reply is right, nothing to choose",
+    "all_defective": "data pairs: every right sampled reply is defective, nothing clean to choose",
 }
 
 EXCERPT_CHARS = 2000

@@ -41,9 +41,13 @@ _THINK = _think_pattern(THINK_TOKENS)
 
 
 def format_reply(reasoning: str | None, answer: str, fmt: ReasoningFormat,
-                 think: tuple[str, str] = THINK_TOKENS) -> str:
+                 think: tuple[str, str] = THINK_TOKENS, *, final: bool = True) -> str:
+    """A reply in `fmt`. `final=False` (a turn that goes on to call tools): no final-answer
+    block; in `qvq` the trace, then the text as it is."""
     answer = answer.strip()
     reasoning = (reasoning or "").strip()
+    if not final and fmt == "qvq":
+        return "\n\n".join(x for x in (reasoning, answer) if x)
     if fmt == "answer-only" or not reasoning and fmt == "qvq":
         return answer if fmt == "answer-only" else _qvq_final(answer)
     if fmt == "qvq":

@@ -8,9 +8,15 @@ computes for that media. Pixels are not produced here: samples keep media refere
 and the collator turns them into pixels (see `data/collate.py`).
 
 Per token, a sample also records which part of a reply it belongs to (`label_span`:
-0 not labelled, 1 reasoning trace, 2 answer and end-of-turn token) and, when any reply
+0 not labelled, 1 reasoning trace, 2 answer and end-of-turn token, 3 tool call) and, when any reply
 carries a loss weight other than 1, its weight (`loss_weights`; None otherwise: every
 labelled token weighs 1). A reply of weight 0 is not labelled at all.
+
+Tools: a conversation's tool list goes to the template as `tools=`; assistant turns carry
+their calls (`tool_calls`), tool results are `tool` messages. A family whose own template has
+no tool section names the one that has (`ModelFamily.tool_chat_template`), used only for
+conversations with tools. The tool list and tool results are never labelled; an assistant
+turn's reasoning, text and calls are.
 
 Over `--max-tokens`, `--truncate` never cuts the final answer or the end-of-turn token:
 it drops the earliest exchanges (user + assistant) first, then cuts the middle out of
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
 from ..models.registry import ModelFamily
@@ -29,7 +36,7 @@ from .messages import Conversation, PreferencePair, Turn
 from .reasoning import PairCut, ReasoningFormat, answer_offset, cut_pair, format_reply
 
 IGNORE_INDEX = -100
-SPAN_NONE, SPAN_REASONING, SPAN_ANSWER = 0, 1, 2      # `label_span` values
+SPAN_NONE, SPAN_REASONING, SPAN_ANSWER, SPAN_TOOL_CALL = 0, 1, 2, 3      # `label_span` values
 TRUNCATION_MARK = "\n...\n"                           # stands where a trace's middle was cut
 
 
@@ -79,8 +86,12 @@ class SampleRenderer:
             chat.append({"role": "system", "content": self.options.system_prompt})
         for turn in turns:
             if turn.role == "assistant":
-                chat.append({"role": "assistant",
-                             "content": self.format_reply(turn)})
+                message = {"role": "assistant", "content": self.format_reply(turn)}
+                if turn.tool_calls:
+                    message["tool_calls"] = [c.to_openai() for c in turn.tool_calls]
+                chat.append(message)
+            elif turn.role == "tool":
+                chat.append({"role": "tool", "content": turn.text})
             elif turn.role == "system":
                 chat.append({"role": "system", "content": turn.text})
             else:
@@ -96,16 +107,24 @@ class SampleRenderer:
 
     def format_reply(self, turn: Turn) -> str:
         """An assistant turn's text in the chosen reasoning format, with the family's markers."""
-        return format_reply(turn.reasoning, turn.text, self.options.reasoning, self.family.think_tokens)
+        return format_reply(turn.reasoning, turn.text, self.options.reasoning, self.family.think_tokens,
+                            final=not turn.tool_calls)
 
-    def chat_text(self, turns: list[Turn], *, add_generation_prompt: bool = False) -> str:
+    def chat_text(self, turns: list[Turn], *, add_generation_prompt: bool = False,
+                  tools: list[dict] | None = None) -> str:
+        extra: dict = {}
+        if tools or any(t.role == "tool" or t.tool_calls for t in turns):
+            extra["tools"] = tools or None
+            if self.family.tool_chat_template:
+                extra["chat_template"] = self.family.tool_template_text()
         return self.processor.apply_chat_template(self.to_chat(turns), tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+                                                  add_generation_prompt=add_generation_prompt, **extra)
 
     # ---- samples ------------------------------------------------------------------------
     def check_text(self, turns: list[Turn]) -> None:
         for i, turn in enumerate(turns):
-            for text in (turn.text, turn.reasoning or ""):
+            calls = json.dumps([[c.name, c.arguments] for c in turn.tool_calls], ensure_ascii=False)
+            for text in (turn.text, turn.reasoning or "", calls if turn.tool_calls else ""):
                 for s in self._specials:
                     if s in text:
                         raise RenderError("special_token_in_text",
@@ -114,20 +133,22 @@ class SampleRenderer:
     def render(self, conv: Conversation, media: list[ResolvedMedia]) -> dict:
         """A training sample: input_ids, labels, label spans, loss weights and media references."""
         self.check_text(conv.turns)
-        turns, tokens = conv.turns, self._tokenize(self.chat_text(conv.turns), media, conv.turns)
+        tools = conv.tools
+        turns, tokens = conv.turns, self._tokenize(self.chat_text(conv.turns, tools=tools), media, conv.turns)
         limit, truncated = self.options.max_tokens, False
         if limit and len(tokens.ids) > limit:
             if not self.options.truncate:
                 raise RenderError("too_long", f"{len(tokens.ids)} tokens > --max-tokens {limit} "
                                   "(reasoning is never cut silently; pass --truncate to cut)")
-            turns, media, tokens = self._fit(turns, media, tokens, limit)
+            turns, media, tokens = self._fit(turns, media, tokens, limit, tools)
             truncated = True
         return self._finish(tokens, media, turns, truncated)
 
-    def render_prompt(self, turns: list[Turn], media: list[ResolvedMedia]) -> dict:
+    def render_prompt(self, turns: list[Turn], media: list[ResolvedMedia],
+                      tools: list[dict] | None = None) -> dict:
         """A generation prompt (for evaluation): the turns plus the assistant header."""
         self.check_text(turns)
-        tokens = self._tokenize(self.chat_text(turns, add_generation_prompt=True), media)
+        tokens = self._tokenize(self.chat_text(turns, add_generation_prompt=True, tools=tools), media)
         return {"input_ids": tokens.ids, **self._media_columns(media)}
 
     def render_pair(self, pair: PreferencePair, media: list[ResolvedMedia]) -> dict:
@@ -150,9 +171,10 @@ class SampleRenderer:
         return out
 
     # ---- internals ----------------------------------------------------------------------
-    def assistant_spans(self, text: str) -> list[tuple[int, int, int]]:
-        """(start, answer start, stop) character offsets of each assistant reply: after its
-        header, through the end-of-turn token; the answer starts after the reasoning trace."""
+    def assistant_spans(self, text: str) -> list[tuple[int, int, int, int]]:
+        """(start, answer start, calls start, stop) character offsets of each assistant reply:
+        after its header, through the end-of-turn token; the answer starts after the reasoning
+        trace, the calls at the first tool-call marker (`stop` when it calls none)."""
         header, end = self.family.assistant_header, self.family.turn_end
         spans, pos = [], 0
         while True:
@@ -162,8 +184,13 @@ class SampleRenderer:
             start = h + len(header)
             e = text.find(end, start)
             stop = len(text) if e < 0 else e + len(end)
-            answer = answer_offset(text[start:stop], self.options.reasoning, self.family.think_tokens)
-            spans.append((start, start + answer, stop))
+            reply = text[start:stop]
+            c = reply.find(self.family.tool_call_tokens[0])
+            calls = stop if c < 0 else start + c
+            answer = start + answer_offset(reply, self.options.reasoning, self.family.think_tokens)
+            if c >= 0 and (answer > calls or self.options.reasoning == "qvq"):
+                answer = calls       # a calling turn has no answer: its trace, then its calls
+            spans.append((start, answer, calls, stop))
             pos = stop
 
     def _tokenize(self, text: str, media: list[ResolvedMedia], turns: list[Turn] | None = None) -> "_Tokens":
@@ -174,28 +201,36 @@ class SampleRenderer:
         if turns is not None:
             replies = self.assistant_spans(text)
             weights = [t.loss_weight for t in turns if t.role == "assistant"]
-            starts = [s for s, _, _ in replies]
+            starts = [s for s, _, _, _ in replies]
             for i, (a, b) in enumerate(enc["offset_mapping"]):
                 k = bisect.bisect_right(starts, a) - 1
-                if k >= 0 and b <= replies[k][2] and weights[k]:
-                    tokens.label(i, SPAN_REASONING if a < replies[k][1] else SPAN_ANSWER, weights[k])
+                if k >= 0 and b <= replies[k][3] and weights[k]:
+                    _, answer, calls, _ = replies[k]
+                    span = SPAN_REASONING if a < answer else SPAN_ANSWER if a < calls else SPAN_TOOL_CALL
+                    tokens.label(i, span, weights[k])
         return self._expand_vision(tokens, media)
 
-    def _fit(self, turns: list[Turn], media: list[ResolvedMedia], tokens: "_Tokens", limit: int):
-        """(turns, media, tokens) cut to `limit` tokens: earliest exchanges dropped first, then
-        the middle of the last reasoning trace; the answer and end-of-turn token always stay."""
+    def _fit(self, turns: list[Turn], media: list[ResolvedMedia], tokens: "_Tokens", limit: int,
+             tools: list[dict] | None = None):
+        """(turns, media, tokens) cut to `limit` tokens: earliest exchanges (a user turn up to the
+        next, its tool calls and results with it) dropped first, then the middle of the last
+        reasoning trace; the answer and end-of-turn token always stay."""
         first = 1 if turns[0].role == "system" else 0
-        while len(turns) - first > 2:
+        while True:
+            nxt = next((i for i in range(first + 1, len(turns)) if turns[i].role == "user"), None)
+            if nxt is None:
+                break
             before = sum(len(t.media) for t in turns[:first])
-            dropped = len(turns[first].media) + len(turns[first + 1].media)
-            turns, media = turns[:first] + turns[first + 2:], media[:before] + media[before + dropped:]
-            tokens = self._tokenize(self.chat_text(turns), media, turns)
+            dropped = sum(len(t.media) for t in turns[first:nxt])
+            turns, media = turns[:first] + turns[nxt:], media[:before] + media[before + dropped:]
+            tokens = self._tokenize(self.chat_text(turns, tools=tools), media, turns)
             if len(tokens.ids) <= limit:
                 return turns, media, tokens
-        turns, tokens = self._cut_trace(turns, media, tokens, limit)
+        turns, tokens = self._cut_trace(turns, media, tokens, limit, tools)
         return turns, media, tokens
 
-    def _cut_trace(self, turns: list[Turn], media: list[ResolvedMedia], tokens: "_Tokens", limit: int):
+    def _cut_trace(self, turns: list[Turn], media: list[ResolvedMedia], tokens: "_Tokens", limit: int,
+                   tools: list[dict] | None = None):
         last, reasoning = turns[-1], (turns[-1].reasoning or "")
         why = f"{len(tokens.ids)} tokens > --max-tokens {limit} with one exchange left"
         if self.options.reasoning == "answer-only" or not reasoning.strip():
@@ -212,7 +247,7 @@ class SampleRenderer:
             text = (reasoning[:offsets[head - 1][1]] if head else "") + TRUNCATION_MARK + \
                 (reasoning[offsets[n - tail][0]:] if tail else "")
             cut = turns[:-1] + [dataclasses.replace(last, reasoning=text)]
-            tokens = self._tokenize(self.chat_text(cut), media, cut)
+            tokens = self._tokenize(self.chat_text(cut, tools=tools), media, cut)
             over = len(tokens.ids) - limit
             if over <= 0:
                 return cut, tokens

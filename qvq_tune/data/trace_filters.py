@@ -79,7 +79,7 @@ def _check(name: str, turn: Turn, expected: str | None, count_tokens, max_trace_
         if mix["flagged"]:
             return f"{mix['score']:.0%} of its words are not {mix['expected']} ({', '.join(mix['spans'][:3])})"
     elif name == "no-answer":
-        if extract_answer(written_reply(turn)).answer is None:
+        if not turn.tool_calls and extract_answer(written_reply(turn)).answer is None:
             return f"no final answer (a trace that never concludes, or is cut off; read as {turn.read_as})"
     elif name == "too-long":
         n = count_tokens(turn.reasoning or "")

@@ -96,8 +96,10 @@ def publish_outputs(out: Path, stage: Path, staged: dict) -> dict:
 
 
 def make_report(out, max_tokens, counts, reasons, staged, outputs, settings, model_info, fingerprint, workers,
-                seconds) -> dict:
-    """The report of a build (or a merge) from its counts and its staged datasets."""
+                seconds, *, sources: list[dict]) -> dict:
+    """The report of a build (or a merge) from its counts, its staged datasets and its
+    per-file provenance (`provenance.SourceTally`)."""
+    from .provenance import provenance
     from .report import length_histogram, preference_stats, sft_stats
 
     kept = sum(counts[kind] for kind in KINDS)
@@ -105,6 +107,8 @@ def make_report(out, max_tokens, counts, reasons, staged, outputs, settings, mod
     quarantined = sum(reasons.values())
     if counts["input"] != kept + quarantined:     # a bug, never a user error
         raise AssertionError(f"record accounting broke: {counts} vs {quarantined} quarantined")
+    if sum(e["records"] for e in sources) != counts["input"] or sum(e["kept"] for e in sources) != kept:
+        raise AssertionError(f"per-file provenance broke: {counts} vs {sources}")
     stats, lengths = {}, {}
     if "sft" in staged:
         stats["sft"] = sft_stats(staged["sft"])
@@ -127,6 +131,7 @@ def make_report(out, max_tokens, counts, reasons, staged, outputs, settings, mod
         "samples_per_second": round(kept / seconds, 1) if seconds > 0 else None,
         "workers": workers, "settings": settings, "model": model_info, "code_version": code_version(),
         "fingerprint": fingerprint, "outputs": outputs, "cached": False,
+        "provenance": provenance(settings, sources, reasons, truncated, counts["duplicates_kept"]),
     }
 
 

@@ -21,6 +21,7 @@ class Generation:
     text: str
     num_tokens: int        # generated tokens, end-of-turn token included, padding not
     hit_budget: bool       # stopped by max_new_tokens, not by an end-of-turn token
+    ids: tuple[int, ...] = ()   # the generated token ids (end-of-turn token included)
 
 
 @torch.no_grad()
@@ -48,6 +49,6 @@ def generate_replies(model, processor, prompts: list[dict], *, max_new_tokens: i
         for row in generated[:, batch["input_ids"].shape[1]:].tolist():
             end = next((i + 1 for i, t in enumerate(row) if t in stops), None)
             kept = row if end is None else row[:end]
-            out.append(Generation(tok.decode(kept, skip_special_tokens=True), len(kept), end is None))
+            out.append(Generation(tok.decode(kept, skip_special_tokens=True), len(kept), end is None, tuple(kept)))
     model.train(was_training)
     return out

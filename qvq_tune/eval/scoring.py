@@ -4,7 +4,10 @@ here from the rows alone, so `summary.json` can be recomputed from `samples.json
 Row: `id`, `sample` (index among a prompt's sampled replies), `condition` ("real", or
 "blank" when every image and video frame was blanked), `reference`, `choices`, `reply`,
 `trace`, `extracted`, `source` (which extraction rule found it), `match` ("exact",
-"numeric", "choice" or null), `correct`, and `diagnostics` (`data/diagnostics.py`).
+"numeric", "choice" or null), `correct`, and `diagnostics` (`data/diagnostics.py`). Rows of a
+tool loop or a multi-turn transcript add `transcript` (each reply, the tool results it got) and
+`tools` (`data/tool_calls.tool_call_diagnostics`: turns, calls, parsed, known, valid); the
+reply scored is the last one.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ METRICS = (
     ("truncated_rate", "lower"), ("no_answer_rate", "lower"), ("loop_rate", "lower"),
     ("mean_loop_score", "lower"), ("language_mix_rate", "lower"), ("mean_language_mix_score", "lower"),
     ("consistency_rate", "higher"), ("mean_tokens", None), ("max_tokens", None),
+    ("tool_call_parse_rate", "higher"), ("tool_call_known_rate", "higher"), ("tool_call_valid_rate", "higher"),
+    ("calls_per_reply", None), ("mean_turns", None),
 )
 
 
@@ -73,6 +78,7 @@ def summarize(rows: list[dict]) -> dict:
         "matched_by": dict(Counter(r["match"] for r in real if r["match"])),
         "answer_sources": dict(Counter(r["source"] for r in real)),
     }
+    summary.update(tool_summary(real))
     if blank:
         summary["blank_n"] = len(blank)
         summary["blank_accuracy"] = _rate(sum(r["correct"] for r in blank), len(blank))
@@ -85,6 +91,18 @@ def summarize(rows: list[dict]) -> dict:
         summary["pass_at_n"] = _rate(sum(any(r["correct"] for r in g) for g in by_prompt.values()), len(by_prompt))
         summary["majority_accuracy"] = _rate(sum(_majority_correct(g) for g in by_prompt.values()), len(by_prompt))
     return summary
+
+
+def tool_summary(rows: list[dict]) -> dict:
+    """Tool-call metrics over rows that ran the tool loop or carry a transcript (`tools`)."""
+    diag = [r["tools"] for r in rows if r.get("tools")]
+    if not diag:
+        return {}
+    calls = sum(d["calls"] for d in diag)
+    return {"tool_calls": calls, "tool_call_parse_rate": _rate(sum(d["parsed"] for d in diag), calls),
+            "tool_call_known_rate": _rate(sum(d["known"] for d in diag), calls),
+            "tool_call_valid_rate": _rate(sum(d["valid"] for d in diag), calls),
+            "calls_per_reply": _mean([d["calls"] for d in diag]), "mean_turns": _mean([d["turns"] for d in diag])}
 
 
 def _majority_correct(group: list[dict]) -> bool:

@@ -69,5 +69,4 @@ def rounding_for(base_dir: str | Path, skip_modules: tuple[str, ...], base_names
         if target is None:
             raise RuntimeError(f"4-bit layer {module} has no weight in the base checkpoint")
         names.add(target)
-    return Rounding(frozenset(names), quantized.get("quant_type", "nf4"), bool(quantized.get("double_quant", True)),
-                    quantized.get("dtype", "float32"))
+    return Rounding(frozenset(names), quantized["quant_type"], bool(quantized["double_quant"]), quantized["dtype"])

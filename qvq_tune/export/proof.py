@@ -15,7 +15,12 @@ Merged into the 4-bit rounding itself (`--base-weights as-trained`, `export/nf4.
 
 Gate: the merged folder passes when no reply token flips to one the reference scores more
 than `FLIP_MARGIN` logits below its own choice, and the largest logit difference stays
-within the export dtype's tolerance (relative to the logits' scale).
+within the export dtype's tolerance: the larger of a few units of the dtype's rounding
+relative to the logits' scale, and `ROUNDING_FLOOR_FACTOR` times the difference that
+rounding the *base alone* to the dtype makes (its `rounding_floor`, measured on the same
+samples). The floor matters at a real vocabulary with small logits (random or fresh
+weights), where the largest of millions of rounding differences outgrows a fixed fraction
+of the largest logit although nothing is wrong with the merge.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ FLIP_MARGIN = 1.0
 # few units of the dtype's rounding (bf16 keeps 8 significant bits, fp16 11), which a
 # wrong weight exceeds by far; fp32 must agree to summation-order rounding.
 MAX_REL_DIFF = {"float32": 1e-4, "float16": 8 * 2 ** -11, "bfloat16": 8 * 2 ** -8}
+# The merged weights are rounded once, as the base's are: a right merge stays within a
+# small multiple of what rounding the base alone does to its logits.
+ROUNDING_FLOOR_FACTOR = 2.0
 
 
 @dataclass
@@ -56,6 +64,7 @@ class MergeProof:
     tolerance: dict
     passed: bool
     reasons: list[str] = field(default_factory=list)
+    rounding_floor: float | None = None  # max |logits(base rounded to dtype) - logits(base)|
     vs_4bit_base_plus_adapter: Comparison | None = None   # QLoRA only: the model as trained
     peak_rss_mb: float | None = None
     gated_on: str = "base_plus_adapter"  # or "4bit_base_plus_adapter" (merged into the 4-bit rounding)
@@ -131,6 +140,18 @@ def compare(candidate: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor
         reply_worst_flip=gap[replies].max().item() if replies.any() else 0.0)
 
 
+def rounding_floor(base_dir, batch: dict, base: torch.Tensor, mask: torch.Tensor, dtype: str) -> float | None:
+    """The largest logit difference rounding the base's weights to `dtype` makes on
+    `batch` (the base loaded in `dtype`, computed in fp32 as the merged folder is); None
+    for fp32, which is not rounded."""
+    if dtype == "float32":
+        return None
+    rounded = load_model(base_dir, dtype=dtype).float().eval()
+    floor = (_logits(rounded, batch) - base).abs()[mask].max().item()
+    del rounded
+    return floor
+
+
 def prove(base_dir: str | Path, adapter: Adapter, merged_dir: str | Path, batch: dict, dtype: str, *,
           quantized: dict | None = None, as_trained: bool = False) -> MergeProof:
     """`batch`: a collated model input with `labels`. `quantized`: the 4-bit settings the
@@ -144,6 +165,7 @@ def prove(base_dir: str | Path, adapter: Adapter, merged_dir: str | Path, batch:
     with reference_model.disable_adapter():
         base = _logits(reference_model, batch)
     del reference_model
+    floor = rounding_floor(base_dir, batch, base, mask, dtype) if not as_trained else None
     merged = _logits(load_model(merged_dir, dtype="float32").eval(), batch)
     result = compare(merged, reference, mask, replies)
     gated, gate_reference = result, reference
@@ -156,7 +178,9 @@ def prove(base_dir: str | Path, adapter: Adapter, merged_dir: str | Path, batch:
         if as_trained:
             gated, gate_reference = as_trained_result, q_reference
     scale = gate_reference[mask].abs().max().item()
-    tolerance = {"max_abs_logit_diff": MAX_REL_DIFF[dtype] * max(scale, 1.0), "reply_worst_flip": FLIP_MARGIN}
+    tolerance = {"max_abs_logit_diff": max(MAX_REL_DIFF[dtype] * max(scale, 1.0),
+                                           ROUNDING_FLOOR_FACTOR * (floor or 0.0)),
+                 "reply_worst_flip": FLIP_MARGIN}
     reasons = []
     if gated.max_abs_logit_diff > tolerance["max_abs_logit_diff"]:
         reasons.append(f"max |logit difference| {gated.max_abs_logit_diff:.4g} exceeds the {dtype} tolerance "
@@ -167,5 +191,5 @@ def prove(base_dir: str | Path, adapter: Adapter, merged_dir: str | Path, batch:
     return MergeProof(samples=int(batch["input_ids"].shape[0]), dtype=dtype, vs_base_plus_adapter=result,
                       adapter_effect=(reference - base).abs()[mask].mean().item(), logit_scale=scale,
                       tolerance=tolerance, passed=not reasons, reasons=reasons,
-                      vs_4bit_base_plus_adapter=as_trained_result, peak_rss_mb=peak_rss_mb(),
+                      vs_4bit_base_plus_adapter=as_trained_result, peak_rss_mb=peak_rss_mb(), rounding_floor=floor,
                       gated_on="4bit_base_plus_adapter" if as_trained else "base_plus_adapter")

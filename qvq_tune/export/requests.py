@@ -33,6 +33,8 @@ class _Common:
     accept_license: str | None = _flag(None, f"accept the base model's licence ({', '.join(LICENSE_IDS)}); "
                                              "required unless it is apache-2.0", choices=LICENSE_IDS, metavar="ID")
     force: bool = _flag(False, "replace an existing export folder")
+    redact_paths: bool = _flag(False, "leave every file and folder name out of training_data.json and the card's "
+                                      "Training data section (files stay known by sha256)")
     evaluation: dict | None = _flag(None, "results to show on the model card", cli=False)
 
     def __post_init__(self):

@@ -26,7 +26,7 @@ from ..models.loading import load_processor
 from ..models.registry import ModelFamily, get_family
 from ..paths import atomic_dir, write_json_atomic, write_text_atomic
 from .adapter import WEIGHTS, Adapter
-from .card import evaluation_section, front_matter, model_card, proof_section, training_section
+from .card import evaluation_section, front_matter, model_card, proof_section, training_data_section, training_section
 from .license_gate import gate
 from .merge import base_shards, output_bytes, plan_merge, stream_merge
 from .names import NameIndex
@@ -34,7 +34,7 @@ from .nf4 import rounding_for
 from .package import copy_license, sha256sums, write_notice
 from .proof import peak_rss_mb, prove
 from .requests import AdapterRequest, MergeRequest
-from .sources import Sources, dataset_names, proof_batch
+from .sources import Sources, proof_batch, training_data
 from .vllm import for_vllm, serve_command
 
 REPORT = "export_report.json"
@@ -104,11 +104,17 @@ def _config(src: Sources, out: Path, dtype: str) -> None:
 
 
 def _package(src: Sources, tmp: Path, title: str, licence: LicenseReport, accepted: str | None, *,
-             relation: str, library: str, tags: list[str], changed: str, sections: list[str]) -> None:
+             relation: str, library: str, tags: list[str], changed: str, sections: list[str],
+             redact_paths: bool) -> None:
+    """LICENSE, NOTICE, training_data.json and the model card (its Training data section after `sections`)."""
+    from ..data.training_data import FILE, hub_datasets
     copy_license(src.base, tmp, licence)
     write_notice(src.base, tmp, licence, changed)
+    doc = training_data(src, redact_paths=redact_paths)
+    write_json_atomic(tmp / FILE, doc)
     meta = front_matter(licence, base_model=_base_name(src.base), relation=relation, library=library, tags=tags,
-                        datasets=dataset_names(src), has_license_file=bool(licence.license_files))
+                        datasets=hub_datasets(doc), has_license_file=bool(licence.license_files))
+    sections = sections[:1] + [training_data_section(doc)] + sections[1:]     # after "Training"
     write_text_atomic(tmp / "README.md", model_card(meta, title, licence, accepted, sections))
 
 
@@ -156,7 +162,7 @@ def export_merge(req: MergeRequest) -> dict:
             _package(src, tmp, out.name, licence, req.accept_license, relation="merge", library="transformers",
                      tags=["qvq-tune", family.name, src.method or "lora", "merged", "multimodal"],
                      changed=f"the weights ({', '.join(s.file for s in shards)}): a LoRA adapter merged in",
-                     sections=[s for s in sections if s])
+                     sections=[s for s in sections if s], redact_paths=req.redact_paths)
             report["passed"] = True
             write_json_atomic(tmp / REPORT, report)
             sha256sums(tmp)
@@ -212,7 +218,7 @@ def export_adapter(req: AdapterRequest) -> dict:
         _package(src, tmp, out.name, licence, req.accept_license, relation="adapter", library="peft",
                  tags=["qvq-tune", family.name, src.method or "lora", "lora", req.target, "multimodal"],
                  changed="none of the base's files (this folder holds a LoRA adapter for it)",
-                 sections=[s for s in sections if s])
+                 sections=[s for s in sections if s], redact_paths=req.redact_paths)
         report["passed"] = True
         write_json_atomic(tmp / REPORT, report)
         sha256sums(tmp)

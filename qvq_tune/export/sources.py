@@ -14,9 +14,16 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..models.loading import load_processor
+from ..recipe import loading_arguments
 from ..run_folder import TRAIN_REPORT, RunFolder
 
-QLORA_DEFAULTS = {"quant_type": "nf4", "double_quant": True, "dtype": "float32"}   # the recipes' defaults
+
+def quantized_settings(loading: dict) -> dict | None:
+    """The 4-bit settings (`quant_type`, `double_quant`, `dtype`) of a run's loading
+    arguments (`recipe.loading_arguments`), or None when its base was not quantised."""
+    if not loading["load_in_4bit"]:
+        return None
+    return {k: v for k, v in loading.items() if k != "load_in_4bit"}
 
 
 @dataclass
@@ -40,17 +47,13 @@ class Sources:
             if base is None or adapter is None:
                 raise UserError("give --run RUN, or both --base DIR and --adapter DIR")
             return cls(Path(base), Path(adapter), Path(data) if data else None,
-                       method="qlora" if qlora else None, quantized=dict(QLORA_DEFAULTS) if qlora else None)
+                       method="qlora" if qlora else None,
+                       quantized=quantized_settings(loading_arguments("qlora", "float32")) if qlora else None)
         if base is not None or adapter is not None:
             raise UserError("give either --run or --base/--adapter, not both")
         folder = RunFolder(run)
         recipe = folder.recipe()
-        method = recipe.get("method")
-        quantized = None
-        if method == "qlora":
-            quant = recipe.get("quant") or {}
-            quantized = {"quant_type": quant.get("type", "nf4"), "double_quant": quant.get("double_quant", True),
-                         "dtype": recipe.get("dtype", "float32")}
+        method, quantized = recipe.method, quantized_settings(recipe.loading())
         report = folder.train_report() if folder.file(TRAIN_REPORT).is_file() else None
         train_data = Path(folder.dataset()["train"])
         return cls(folder.model_dir(), folder.adapter, Path(data) if data else train_data,
@@ -77,9 +80,14 @@ def proof_batch(src: Sources, samples: int) -> dict:
         return VisionCollator(processor)([ds[i] for i in range(len(ds))])
 
 
-def dataset_names(src: Sources) -> list[str]:
-    """The training data's source file, for the card's `datasets` (a run only)."""
-    from ..data.dataset import build_report
-    report = build_report(src.train_data) if src.train_data else None
-    source = (report or {}).get("settings", {}).get("input")
-    return [Path(source).name] if source else []
+def training_data(src: Sources, *, redact_paths: bool = False) -> dict:
+    """The training-data document the export carries: the run's (its chain of stages), or
+    with --base/--adapter the adapter's own record (an exported adapter, a run's adapter/),
+    else the base's stages and the adapter as a stage whose data is not recorded."""
+    from ..data import training_data as td
+    from ..run_folder import inherited_stages
+    if src.run is not None:
+        doc = RunFolder(src.run).training_data()
+    else:
+        doc = td.document(inherited_stages({"export": {"start_adapter": str(src.adapter_dir)}}, src.base)[0])
+    return td.redact(doc) if redact_paths else doc

@@ -31,6 +31,7 @@ class Detected:
     reasoning_style: str
     system_prompt: str | None
     is_tiny: bool
+    tools: str = ""               # how the family renders tool calls (`ModelFamily.tool_format`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,5 +119,5 @@ def detect(model_dir: str | Path) -> Detected:
         architectures=list(cfg.get("architectures") or []), model_class=fam.model_class,
         checkpoint=identity.get("checkpoint") or (known.repo_id if known else None),
         license=license_id, reasoning_style=style, system_prompt=system,
-        is_tiny=bool(identity.get("tiny", False)),
+        is_tiny=bool(identity.get("tiny", False)), tools=fam.tool_format,
     )

@@ -24,6 +24,19 @@ def pixel_limits(image_processor) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
+def processor_pixel_limits(processor) -> dict[str, tuple[int, int]]:
+    """(min_pixels, max_pixels) of each of a processor's image and video processors, by attribute."""
+    return {name: pixel_limits(sub) for name in ("image_processor", "video_processor")
+            if (sub := getattr(processor, name, None)) is not None}
+
+
+def restore_pixel_limits(processor, limits: dict[str, tuple[int, int]]) -> None:
+    """Put back limits read by `processor_pixel_limits` (e.g. the checkpoint's own, before a
+    dataset's overrides), so settings of one dataset never carry over to the next."""
+    for name, (lo, hi) in limits.items():
+        getattr(processor, name).size = {"shortest_edge": lo, "longest_edge": hi}
+
+
 def set_pixel_limits(processor, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
     """Override the processor's min/max pixels (images and video frames)."""
     if min_pixels is None and max_pixels is None:

@@ -30,6 +30,12 @@ REASONING_STYLES: tuple[str, ...] = get_args(ReasoningStyle)
 # for Qwen2-VL / Qwen2.5-VL (and QVQ, whose traces are free-form) they are plain text.
 THINK_TOKENS: tuple[str, str] = ("<think>", "</think>")
 
+# Qwen's tool-calling markers (Hermes style): a call's JSON between the first pair in the
+# assistant turn, each result between the second pair in a user turn.
+TOOL_CALL_TOKENS: tuple[str, str] = ("<tool_call>", "</tool_call>")
+TOOL_RESPONSE_TOKENS: tuple[str, str] = ("<tool_response>", "</tool_response>")
+TOOLS_TEMPLATE_QWEN2_5 = "qwen2_5_vl_tools.jinja"
+
 # Added tokens in the order Qwen's vocabularies number them from <|endoftext|> (151643):
 # (content, special). Tool / FIM / think tokens are ordinary added tokens in Qwen2.5 / Qwen3.
 FIRST_ADDED_TOKEN_ID = 151643
@@ -38,10 +44,10 @@ QWEN2_VL_ADDED = tuple((t, True) for t in (
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
     "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"))
 QWEN2_5_VL_ADDED = QWEN2_VL_ADDED + (
-    ("<tool_call>", False), ("</tool_call>", False), ("<|fim_prefix|>", False), ("<|fim_middle|>", False),
+    (TOOL_CALL_TOKENS[0], False), (TOOL_CALL_TOKENS[1], False), ("<|fim_prefix|>", False), ("<|fim_middle|>", False),
     ("<|fim_suffix|>", False), ("<|fim_pad|>", False), ("<|repo_name|>", False), ("<|file_sep|>", False))
 QWEN3_VL_ADDED = QWEN2_5_VL_ADDED + (
-    ("<tool_response>", False), ("</tool_response>", False), (THINK_TOKENS[0], False), (THINK_TOKENS[1], False))
+    (TOOL_RESPONSE_TOKENS[0], False), (TOOL_RESPONSE_TOKENS[1], False), (THINK_TOKENS[0], False), (THINK_TOKENS[1], False))
 
 QVQ_SYSTEM_PROMPT = ("You are a helpful and harmless assistant. You are Qwen developed by Alibaba. "
                      "You should think step-by-step.")
@@ -96,6 +102,12 @@ class ModelFamily:
     turn_end: str = "<|im_end|>"            # also the end-of-sequence token of chat replies
     text_end: str = "<|endoftext|>"         # the padding token
     think_tokens: tuple[str, str] = THINK_TOKENS
+    # Tool calling: None when `chat_template` renders tools itself (`tools=` into the system
+    # block, calls in the assistant turn, results in a user turn); else the template used for
+    # conversations with tools (Qwen2-VL / Qwen2.5-VL: their text models' format, same markers).
+    tool_chat_template: str | None = None
+    tool_call_tokens: tuple[str, str] = TOOL_CALL_TOKENS
+    tool_response_tokens: tuple[str, str] = TOOL_RESPONSE_TOKENS
     is_moe: bool = False
     liger_patch: str | None = None          # liger_kernel.transformers function patching this family
     weight_prefix_aliases: tuple[tuple[str, str], ...] = WEIGHT_PREFIX_ALIASES
@@ -129,6 +141,21 @@ class ModelFamily:
 
     def chat_template_text(self) -> str:
         return chat_template_text(self.chat_template)
+
+    def tool_template_text(self) -> str | None:
+        """The template for conversations with tools, when it is not the family's own."""
+        return chat_template_text(self.tool_chat_template) if self.tool_chat_template else None
+
+    @property
+    def tool_format(self) -> str:
+        """How this family renders tools, in words (`qvq-tune models detect`)."""
+        call, result = self.tool_call_tokens[0], self.tool_response_tokens[0]
+        if self.tool_chat_template is None:
+            return (f"native: its chat template writes tools= into the system block, {call} JSON in the "
+                    f"assistant turn, {result} in a user turn")
+        return (f"its chat template has no tool section; qvq-tune uses its text models' format "
+                f"({self.tool_chat_template}: tools in the system block, {call} JSON in the assistant "
+                f"turn, {result} in a user turn)")
 
     def to_dict(self) -> dict:
         """JSON-ready fields (the tiny-config builder by its name)."""
@@ -188,6 +215,7 @@ FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
         vision_tower_prefix="model.visual",
         vision_lora_pattern=r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))", merger_lora_pattern=r"merger\.mlp\.[02]",
         chat_template="qwen2_vl.jinja", default_system_prompt=QWEN_SYSTEM_PROMPT,
+        tool_chat_template=TOOLS_TEMPLATE_QWEN2_5,
         reasoning_style="qvq", patch_size=14,
         added_tokens=QWEN2_VL_ADDED, tiny_vision_config=qwen2_vl_vision_config,
         liger_patch="apply_liger_kernel_to_qwen2_vl",
@@ -203,6 +231,7 @@ FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
         vision_lora_pattern=r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate_proj|up_proj|down_proj))",
         merger_lora_pattern=r"merger\.mlp\.[02]",
         chat_template="qwen2_5_vl.jinja", default_system_prompt=QWEN_SYSTEM_PROMPT,
+        tool_chat_template=TOOLS_TEMPLATE_QWEN2_5,
         reasoning_style="qvq", patch_size=14,
         added_tokens=QWEN2_5_VL_ADDED, tiny_vision_config=qwen2_5_vl_vision_config,
         liger_patch="apply_liger_kernel_to_qwen2_5_vl",

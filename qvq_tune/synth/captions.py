@@ -14,6 +14,7 @@ import random
 from pathlib import Path
 
 from ..data.messages import Conversation, Media, Origin, Part, Turn
+from .card import write_synthetic_card
 from .scenes import Scene, draw, random_scene
 from .vocabulary import plural
 
@@ -49,7 +50,8 @@ def caption_example(rng: random.Random, kind: str | None = None) -> tuple[Scene,
 def write_captions(out: str | Path, n: int, seed: str, *, kinds: tuple[str, ...] | None = None,
                    image_size: int = 112) -> Path:
     """Write `n` caption questions (kind drawn at random, or `n` of each of `kinds`) as
-    `OUT/captions.jsonl` with images in `OUT/images/`; ids are `KIND-NUMBER`."""
+    `OUT/captions.jsonl` with images in `OUT/images/` and a card marking them synthetic
+    (`OUT/README.md`); ids are `KIND-NUMBER`."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -62,4 +64,7 @@ def write_captions(out: str | Path, n: int, seed: str, *, kinds: tuple[str, ...]
             draw(scene, image_size).save(out / rel, optimize=False)
             fh.write(json.dumps({"id": f"{kind}-{i:06d}", "images": [rel], "question": QUESTIONS[kind],
                                  "answer": conv.turns[1].text}) + "\n")
+    write_synthetic_card(out, "qvq-tune synthetic caption questions",
+                         "Short questions about one drawn scene (colour, shape, count, all three), the tiny "
+                         "base's pre-training data.")
     return path

@@ -7,6 +7,8 @@ Layout of OUT:
                                                    rejected one
     images/<split>/<n>.png
     manifest.json                                  task, seed, sizes, counts
+    README.md                                      a dataset card marking the folder synthetic
+    tools.py                                       a tool task's tools (`qvq-tune eval --tools`)
 No scene (shape, colour, cells) appears in two splits, so test images are held out.
 With `defect_rate` > 0 that share of the training traces carries a defect a distilled
 QVQ trace might (a loop, or Chinese mixed into the English trace) with the right final
@@ -26,6 +28,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..paths import atomic_dir, write_json_atomic
+from .card import write_synthetic_card
 from .scenes import draw, random_scene
 from .tasks import DEFECTS, TASKS, Worked, language_mixed, looping
 
@@ -59,10 +62,15 @@ class SynthConfig:
             raise UserError(f"dpo_kinds must be some of {', '.join(DPO_KINDS)}", key="dpo_kinds")
 
 
-def _record(task_name: str, split: str, i: int, rel_image: str, worked: Worked, scene) -> dict:
-    return {"id": f"{task_name}-{split}-{i:06d}", "images": [rel_image], "question": worked.question,
-            "reasoning": worked.reasoning, "answer": worked.answer, "task": task_name,
-            "meta": {"shape": scene.shape, "colour": scene.colour, "count": scene.count}}
+def _record(task, split: str, i: int, rel_image: str, worked: Worked, scene) -> dict:
+    rec = {"id": f"{task.name}-{split}-{i:06d}", "images": [rel_image], "question": worked.question,
+           "reasoning": worked.reasoning, "answer": worked.answer, "task": task.name,
+           "meta": {"shape": scene.shape, "colour": scene.colour, "count": scene.count}}
+    if task.tools:         # native tool steps (readers/native.py)
+        rec["tools"] = list(task.tools)
+        rec["steps"] = [{"reasoning": s.reasoning, "tool_calls": [{"name": n, "arguments": a} for n, a in s.calls],
+                         "results": list(s.results)} for s in worked.tool_steps]
+    return rec
 
 
 def _defective(worked: Worked, rng: random.Random, kind: str) -> str:
@@ -103,23 +111,28 @@ def generate(cfg: SynthConfig, out: str | os.PathLike, *, progress: bool = True)
                 rel = f"images/{split}/{i:06d}.png"
                 draw(scene, cfg.image_size).save(tmp / rel, optimize=False)
                 worked = task.solve(scene)
-                rec = _record(cfg.task, split, i, rel, worked, scene)
-                if split == "train" and cfg.defect_rate and defect_rng.random() < cfg.defect_rate:
+                rec = _record(task, split, i, rel, worked, scene)
+                if split == "train" and cfg.defect_rate and not task.tools and defect_rng.random() < cfg.defect_rate:
                     kind = DEFECTS[defect_rng.randrange(len(DEFECTS))]
                     rec["reasoning"], rec["meta"]["defect"] = _defective(worked, defect_rng, kind), kind
                 records.append(rec)
-                if cfg.dpo and split != "test":
+                if cfg.dpo and not task.tools and split != "test":
                     kind = cfg.dpo_kinds[i % len(cfg.dpo_kinds)]
                     pairs.append(_dpo_record(task, rec, scene, worked, rng, kind))
             _write_jsonl(tmp / f"{split}.jsonl", records)
             counts[split] = len(records)
-            if cfg.dpo and split != "test":
+            if cfg.dpo and not task.tools and split != "test":
                 _write_jsonl(tmp / f"dpo_{split}.jsonl", pairs)
                 counts[f"dpo_{split}"] = len(pairs)
         manifest = {"task": cfg.task, "description": task.description, "seed": cfg.seed,
                     "image_size": cfg.image_size, "counts": counts, "format": "native",
                     "defect_rate": cfg.defect_rate, "dpo_kinds": list(cfg.dpo_kinds)}
+        if task.tools_file:
+            (tmp / "tools.py").write_text(task.tools_file(), encoding="utf-8")
+            manifest["tools"] = "tools.py"
         write_json_atomic(tmp / "manifest.json", manifest)
+        write_synthetic_card(tmp, f"qvq-tune synthetic task {cfg.task}",
+                             f"{task.description} (`qvq-tune synth --task {cfg.task} --seed {cfg.seed}`).")
     return manifest
 
 

@@ -6,6 +6,12 @@ draws), a step-by-step trace that refers to what is in the image, and a checkabl
 final answer. The base model was pre-trained only to name colours, shapes and counts,
 so it does poorly until tuned. Each task also writes DPO rejections: a plausible wrong
 trace, a looping trace and a language-mixed trace.
+
+A tool task (`parts_lookup`) keeps part of the knowledge out of the image and the prompt:
+the trace reads the parts, calls a tool (`price(part)`), and computes with its result. The
+generator writes the tool as a Python file beside the data (`tools.py`) for `qvq-tune eval
+--tools`; tool tasks have no DPO pairs and stay out of the tiny tokenizer's corpus (their
+tool words are spelt byte by byte, as a user's new words are).
 """
 
 from __future__ import annotations
@@ -24,11 +30,21 @@ SPEC_MIN_COUNT = 3
 
 
 @dataclass(frozen=True)
+class ToolStep:
+    """A turn that calls tools: its reasoning, its calls (name, arguments) and their results."""
+    reasoning: str
+    calls: tuple[tuple[str, dict], ...]
+    results: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Worked:
-    """One worked example: the question, the reasoning steps and the final answer."""
+    """One worked example: the question, the reasoning steps and the final answer (after
+    the tool steps, when the task has a tool)."""
     question: str
     steps: tuple[str, ...]
     answer: str
+    tool_steps: tuple[ToolStep, ...] = ()
 
     @property
     def reasoning(self) -> str:
@@ -41,6 +57,8 @@ class Task:
     description: str
     solve: Callable[[Scene], Worked]
     wrong_value: Callable[[Scene, random.Random], Scene]   # a near-miss reading of the image
+    tools: tuple[dict, ...] = ()                           # the tool list the prompt offers
+    tools_file: Callable[[], str] | None = None            # the Python source of those tools
 
 
 def _seen(scene: Scene) -> str:
@@ -78,6 +96,36 @@ def _spec_check(scene: Scene) -> Worked:
         answer="yes" if ok else "no")
 
 
+# parts_lookup: a part is its colour and kind ("red valve"); its price is known only to the
+# `price` tool (shape's price + colour's rating: 3..11), neither drawn nor asked about.
+PART_PRICES = {f"{colour} {PART_OF_SHAPE[shape]}": PRICE_OF_SHAPE[shape] + AMPS_OF_COLOUR[colour]
+               for shape in SHAPES for colour in sorted(COLOURS)}
+PRICE_TOOL = {"type": "function", "function": {
+    "name": "price", "description": "Unit price of a part, e.g. red valve",
+    "parameters": {"type": "object", "properties": {"part": {"type": "string"}}, "required": ["part"]}}}
+
+
+def _parts_lookup(scene: Scene) -> Worked:
+    part = f"{scene.colour} {PART_OF_SHAPE[scene.shape]}"
+    price = PART_PRICES[part]
+    total = scene.count * price
+    look = ToolStep(f"{_seen(scene)} Each {scene.shape} is a {PART_OF_SHAPE[scene.shape]}.",
+                    (("price", {"part": part}),), (str(price),))
+    return Worked(question="What do the parts in this schematic cost in total?",
+                  steps=(f"A {part} costs {price}.", f"{scene.count} x {price} = {total}."),
+                  answer=str(total), tool_steps=(look,))
+
+
+def price_tools_file() -> str:
+    """The `price` tool as a tools file for `qvq-tune eval --tools`."""
+    table = ",\n".join(f"    {k!r}: {v}" for k, v in PART_PRICES.items())
+    return (f'"""The parts_lookup task\'s tool: unit prices, known only to this lookup."""\n\n'
+            f"PRICES = {{\n{table},\n}}\n\n\n"
+            "def price(part: str) -> int:\n"
+            '    """Unit price of a part, e.g. red valve."""\n'
+            "    return PRICES[part]\n")
+
+
 def _miscount(scene: Scene, rng: random.Random) -> Scene:
     n = scene.count + rng.choice([-1, 1]) if 1 < scene.count < 4 else (2 if scene.count == 1 else 3)
     cells = tuple(range(n))
@@ -101,6 +149,9 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          lambda s, rng: (_miscount if rng.random() < 0.5 else _recolour)(s, rng)),
     Task("spec_check", "compliance check: does the schematic have enough sensors?", _spec_check,
          lambda s, rng: (_miscount if rng.random() < 0.5 else _reshape)(s, rng)),
+    Task("parts_lookup", "agent: read the parts, look their price up with the price(part) tool, add up",
+         _parts_lookup, lambda s, rng: (_miscount if rng.random() < 0.5 else _recolour)(s, rng),
+         tools=(PRICE_TOOL,), tools_file=price_tools_file),
 )}
 
 # Words a Chinese-mixing trace swaps in (QVQ's known language-mixing failure).
@@ -142,7 +193,7 @@ def all_task_phrasebooks() -> list[str]:
     """Every sentence template of every task, for the tokenizer corpus."""
     from .scenes import Scene as S
     lines = []
-    for task in TASKS.values():
+    for task in (t for t in TASKS.values() if not t.tools):
         for shape in SHAPES:
             for colour in sorted(COLOURS):
                 for n in range(0, 5):

@@ -27,10 +27,10 @@ from ..data.build import BuildConfig, build
 from ..eval.evaluate import EvalOptions, load_for_eval, score_dataset
 from ..models.tiny_shapes import TinySpec
 from ..paths import atomic_dir, cache_dir, write_json_atomic
+from ..recipe import recipe_from_dict
 from ..run_folder import ADAPTER_DIR, METRICS, RECIPE, TRAIN_REPORT
 from ..synth.captions import write_captions
 from ..synth.vocabulary import tokenizer_corpus
-from ..train.config import recipe_from_dict
 from ..train.run import train
 from .zoo import QVQ_TEMPLATE, build_tiny
 

@@ -1,6 +1,7 @@
 """What a user may name as a model, turned into a local checkpoint folder.
 
-- `tiny`: the embedded pre-trained tiny base (`tiny/pretrain.py`, built once, cached);
+- `tiny`: the embedded pre-trained tiny base (`tiny/pretrain.py`, built once, cached, with
+  its pre-training data recorded, `tiny/base_record.py`);
 - a family name (`qwen2_vl`, `qwen3_vl`, ...): a tiny random checkpoint of that family
   from the zoo, cached under a hash of the code and vocabulary it is built from;
 - anything else: a folder, returned as given (`detect` reports a missing or unsupported
@@ -36,10 +37,19 @@ def zoo_fingerprint(family: str) -> str:
     return h.hexdigest()[:12]
 
 
+def needs_building(model: str) -> bool:
+    """Whether `resolve_model_dir(model)` may build a model (the tiny base, a zoo checkpoint)
+    rather than return a folder: callers check what they can before that."""
+    return model == TINY or (model in FAMILIES and not Path(model).expanduser().exists())
+
+
 def resolve_model_dir(model: str) -> Path:
     if model == TINY:
+        from .base_record import record_pretraining
         from .pretrain import ensure_tiny_base
-        return ensure_tiny_base()
+        base = ensure_tiny_base()
+        record_pretraining(base)
+        return base
     path = Path(model).expanduser()
     if model in FAMILIES and not path.exists():
         from .zoo import build_tiny

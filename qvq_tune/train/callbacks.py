@@ -44,6 +44,7 @@ class MetricsJsonl(TrainerCallback):
         self.stats = stats                      # a BatchStats fed by the model's forward hook
         self.flops_per_token = flops_per_token  # for MFU on GPUs whose peak is known
         self._t0 = self._last = time.time()
+        self.tokens_seen = 0                    # non-padding tokens trained on, all ranks, this session
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._t0 = self._last = time.time()
@@ -62,6 +63,9 @@ class MetricsJsonl(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         row = {"step": state.global_step, "elapsed_s": round(now - self._t0, 2), **logs}
+        if counts:
+            self.tokens_seen += counts["tokens"]
+            row["tokens_seen"] = self.tokens_seen
         if counts and counts["positions"] and now > self._last:
             seconds = now - self._last
             row.update(tokens_per_s=round(counts["tokens"] / seconds, 1),

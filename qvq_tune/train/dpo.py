@@ -16,7 +16,7 @@ from __future__ import annotations
 from ..data.collate import VisionPreferenceCollator
 from ..data.kinds import PREFERENCE
 from .callbacks import ChosenLogpWatch
-from .config import Recipe
+from ..recipe import Recipe
 from .model_setup import adamw
 from .objectives import Objective, Setup
 from .trainer_args import common_args, pixel_cache

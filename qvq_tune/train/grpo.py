@@ -34,7 +34,7 @@ from transformers import TrainerCallback
 from ..data.kinds import SFT
 from ..data.prompts import generation_prefix, prompt_from_sample
 from ..errors import UserError
-from .config import Recipe
+from ..recipe import Recipe
 from .model_setup import adamw
 from .objectives import Objective, Setup
 from .rewards import STYLES, BatchReward, ReplyContext, reward_function

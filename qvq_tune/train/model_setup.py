@@ -14,7 +14,7 @@ import torch
 
 from ..models.loading import load_model
 from ..models.registry import ModelFamily
-from .config import Recipe
+from ..recipe import Recipe
 
 
 def freeze_prefixes(model, prefixes: tuple[str, ...]) -> None:
@@ -53,9 +53,9 @@ def build_model(recipe: Recipe, family: ModelFamily, model_dir: str, *, adapter:
     if recipe.kernels.liger:
         from .kernels import apply_liger
         apply_liger(family)              # patches module classes: before the model is built
-    quantized = recipe.method == "qlora"
-    model = load_model(model_dir, dtype=recipe.dtype, load_in_4bit=quantized, quant_type=recipe.quant.type,
-                       double_quant=recipe.quant.double_quant)
+    loading = recipe.loading()
+    quantized = loading["load_in_4bit"]
+    model = load_model(model_dir, **loading)
     model.config.use_cache = False
     checkpointing = {"use_reentrant": False}
     if recipe.method == "full":
@@ -98,14 +98,44 @@ def trainable_summary(model) -> dict:
     return {"trainable_parameters": trainable, "total_parameters": total, "trainable_dtypes": dtypes}
 
 
-def zero3_partition(model) -> dict | None:
-    """Parameter elements held by this rank vs in the whole model, under ZeRO-3 (else None)."""
+def zero3_holdings(model) -> dict | None:
+    """What this rank holds of the model's weights under ZeRO-3 (else None), read from
+    DeepSpeed's own parameter state: a tensor whose gathered data is present (`ds_status`
+    AVAILABLE, as persistent tensors under `stage3_param_persistence_threshold` stay between
+    steps) is held whole; any other holds only its partition (`ds_tensor`) here. Bytes count
+    the whole copies plus every partition this rank keeps."""
     params = [p for p in model.parameters() if hasattr(p, "ds_numel")]
     if not params:
         return None
-    return {"full_numel": int(sum(p.ds_numel for p in params)),
-            "local_numel": int(sum(p.ds_tensor.numel() for p in params)),
-            "partitioned_tensors": sum(1 for p in params if p.ds_tensor.numel() < p.ds_numel)}
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    def held_whole(p) -> bool:
+        return p.ds_status == ZeroParamStatus.AVAILABLE and p.data.numel() == p.ds_numel
+    whole = [p for p in params if held_whole(p)]
+    parted = [p for p in params if not held_whole(p)]
+    return {"tensors": len(params), "numel": int(sum(p.ds_numel for p in params)),
+            "whole_tensors": len(whole), "whole_numel": int(sum(p.ds_numel for p in whole)),
+            "whole_bytes": int(sum(p.ds_numel * p.element_size() for p in whole)),
+            "partitioned_tensors": len(parted), "partitioned_numel": int(sum(p.ds_numel for p in parted)),
+            "partition_numel": int(sum(p.ds_tensor.numel() for p in parted)),
+            "partition_bytes": int(sum(p.ds_tensor.numel() * p.ds_tensor.element_size() for p in params)),
+            "largest_whole_numel": max((int(p.ds_numel) for p in whole), default=0),
+            "smallest_partitioned_numel": min((int(p.ds_numel) for p in parted), default=0)}
+
+
+def zero3_partition(model) -> dict | None:
+    """Every rank's `zero3_holdings`, gathered (a collective: all ranks call it), with rank 0's
+    elements held against the whole model's (`local_numel` / `full_numel`), or None without ZeRO-3."""
+    mine = zero3_holdings(model)
+    if mine is None:
+        return None
+    ranks = [mine]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        ranks = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(ranks, mine)
+    return {"full_numel": mine["numel"], "local_numel": mine["whole_numel"] + mine["partition_numel"],
+            "whole_tensors": mine["whole_tensors"], "partitioned_tensors": mine["partitioned_tensors"],
+            "ranks": ranks}
 
 
 def keep_trainable_dtype(model, dtype: str) -> None:

@@ -32,9 +32,9 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
+from ..recipe import Recipe
 from ..run_folder import ACCELERATE_CONFIG, NODE_LOGS, SBATCH, RunFolder
 from ..slurm import SlurmOptions, python_argv, quote, write_script
-from .config import Recipe
 from .launch import accelerate_command, resolve_accelerate_config, run_launcher, write_resolved_config
 from .run import WORKER_MODULE, worker_args
 

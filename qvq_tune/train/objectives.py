@@ -14,7 +14,7 @@ the objective reads -> model (+ LoRA, seeded; from the section's `start_adapter`
 has one) -> the objective's trainer -> train (or resume) -> adapter and report.
 
 A new objective touches three files: `train/<name>.py` (this record and its trainer),
-`train/config.py` (its section dataclass and its `SECTION_OF` line) and its recipe.
+`recipe.py` (its section dataclass and its `SECTION_OF` line) and its recipe.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from ..data.kinds import DataKind
 from ..run_folder import ADAPTER_DIR, RunFolder
-from .config import SECTION_OF, Recipe
+from ..recipe import SECTION_OF, Recipe
 
 
 @dataclass

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from ..paths import atomic_file, write_json_atomic
+from ..recipe import Recipe
 from ..run_folder import METRICS, PLOT, TRAIN_REPORT, RunFolder
 from .callbacks import peak_memory_mib, read_metrics
-from .config import Recipe
 from .model_setup import trainable_summary, zero3_partition
 
 
@@ -20,15 +20,16 @@ def _series(rows: list[dict], key: str) -> list[float]:
 
 def finish(trainer, result, recipe: Recipe, run: RunFolder, processor, objective, **report_kwargs) -> dict:
     """Save the adapter (or full weights) with the processor, then the report and plot."""
+    partition = zero3_partition(trainer.model_wrapped)      # every rank's holdings, before the save gathers
     trainer.save_model(str(run.adapter))
     if not trainer.is_world_process_zero():
         return {}
     processor.save_pretrained(str(run.adapter))
-    return write_report(trainer, result, recipe, run, objective, **report_kwargs)
+    return write_report(trainer, result, recipe, run, objective, zero3=partition, **report_kwargs)
 
 
 def write_report(trainer, result, recipe: Recipe, run: RunFolder, objective, *, samples: int, started: float,
-                 resumed_from: str | None, rss_before_model_mib: float) -> dict:
+                 resumed_from: str | None, rss_before_model_mib: float, zero3: dict | None = None) -> dict:
     """`objective`: its record (`train/objectives.py`), for the keys it adds."""
     rows = read_metrics(run.file(METRICS))
     collator = trainer.data_collator if trainer.args.dataloader_num_workers == 0 else None
@@ -50,9 +51,9 @@ def write_report(trainer, result, recipe: Recipe, run: RunFolder, objective, *, 
         "resumed_from": resumed_from, "adapter": str(run.adapter),
         "pixel_cache": collator.pixels.stats() if hasattr(collator, "pixels") else None,
         "collate_seconds": round(collator.seconds, 2) if hasattr(collator, "seconds") else None,
-        "num_tokens": _series(rows, "num_tokens")[-1] if _series(rows, "num_tokens") else None,
+        "num_tokens": next(iter(_series(rows, "tokens_seen")[-1:] or _series(rows, "num_tokens")[-1:]), None),
         **trainable_summary(trainer.model), **peak_memory_mib(), "rss_before_model_mib": rss_before_model_mib,
-        "zero3_partition": zero3_partition(trainer.model_wrapped),
+        "zero3_partition": zero3,
     }
     logged = sorted({k for r in rows for k in r})
     for key in [k for prefix in objective.report_keys for k in logged

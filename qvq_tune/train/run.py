@@ -2,8 +2,9 @@
 
 1. Check everything that can fail before a model loads (launcher preset, base folder,
    dataset: present, of the kind the objective reads, built for this family and this
-   tokenizer; start adapter; the objective's own checks; logger), each failure one line
-   naming the recipe key.
+   tokenizer, data.eval built with data.train's processor settings; start adapter; the
+   objective's own checks; logger), each failure one line naming the recipe key. The CLI
+   runs the same checks (`model_built=False`) before it builds the tiny base a recipe names.
 2. Guard the run folder: a finished run is never overwritten, an unfinished one is
    resumed (`resume=True`, from its last complete checkpoint, with the same recipe) or
    replaced (`overwrite=True`), never silently mixed.
@@ -21,12 +22,12 @@ import shutil
 from pathlib import Path
 
 from ..data.build import processor_hash
-from ..data.dataset import build_report, find_samples, kinds_in
+from ..data.dataset import PROCESSOR_SETTINGS, build_report, find_samples, kinds_in, processor_settings
 from ..data.kinds import DataKind
 from ..errors import UserError
 from ..models.detect import detect
+from ..recipe import SECTION_OF, Recipe
 from ..run_folder import LOCK, RunFolder
-from .config import SECTION_OF, Recipe
 from .launch import launch, resolve_accelerate_config
 from .objectives import get, run_objective, section_start_adapter
 
@@ -56,6 +57,10 @@ def check(recipe: Recipe, source: str | None = None, *, model_built: bool = True
             problem = dataset_problem(Path(path), objective.name, objective.reads, family, Path(recipe.model))
             if problem:
                 fail(key, f"{path}: {problem}")
+    if recipe.data.eval:
+        problem = processor_mismatch(Path(recipe.data.train), Path(recipe.data.eval))
+        if problem:
+            fail("data.eval", problem)
     adapter = section_start_adapter(recipe)
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         fail(f"{objective.section}.start_adapter",
@@ -101,6 +106,21 @@ def dataset_problem(path: Path, objective: str, kind: DataKind, family: str | No
     return None
 
 
+def processor_mismatch(train: Path, eval_: Path) -> str | None:
+    """Why `eval_` cannot be scored by the processor the trainer loads for `train` (one
+    processor, with the train build's settings, turns both into pixels), or None."""
+    trained, evaluated = processor_settings(train), processor_settings(eval_)
+    differ = [name for name in PROCESSOR_SETTINGS if trained.get(name) != evaluated.get(name)]
+    if not differ:
+        return None
+
+    def said(settings: dict) -> str:
+        return ", ".join(f"{n}={settings[n]}" if n in settings else f"{n} unset (the processor's default)"
+                         for n in differ)
+    return (f"{eval_} was built with {said(evaluated)}, but data.train {train} with {said(trained)}; the "
+            "trainer loads one processor for both, so rebuild data.eval with the train build's settings")
+
+
 def prepare_run_folder(run: RunFolder, recipe: Recipe, *, resume: bool, overwrite: bool) -> str | None:
     """Guard the run folder; returns the checkpoint to resume from (or None)."""
     if overwrite and run.path.exists():
@@ -114,7 +134,7 @@ def prepare_run_folder(run: RunFolder, recipe: Recipe, *, resume: bool, overwrit
         if last is None:
             raise UserError("nothing to resume: no complete checkpoint in checkpoints/ "
                             "(set optim.save_steps to write them)", path=str(run.path))
-        differs = _first_difference(run.recipe(), recipe.to_dict())
+        differs = _first_difference(run.recipe().to_dict(), recipe.to_dict())
         if differs:
             raise UserError(f"the recipe differs from the one this run started with ({differs}); resume with "
                             "the same recipe", path=str(run.path), key=differs)
@@ -126,7 +146,7 @@ def prepare_run_folder(run: RunFolder, recipe: Recipe, *, resume: bool, overwrit
     elif run.checkpoints():
         raise UserError("this run folder holds checkpoints of an unfinished run; pass --resume to continue it "
                         "or --overwrite to start over", path=str(run.path))
-    run.create(recipe.to_dict(), model_dir=recipe.model, train_data=recipe.data.train,
+    run.create(recipe, model_dir=recipe.model, train_data=recipe.data.train,
                eval_data=recipe.data.eval)
     return None
 

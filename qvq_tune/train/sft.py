@@ -16,6 +16,15 @@ from .packing import restart_positions_per_sample
 from .trainer_args import common_args, pixel_cache
 
 
+def lm_head(recipe) -> str:
+    """`loss.lm_head` for this machine: "auto" is TRL's fused head on CUDA (its Triton kernel
+    scores the labelled positions only, without the logits), the labelled positions elsewhere."""
+    import torch
+    if recipe.loss.lm_head != "auto":
+        return recipe.loss.lm_head
+    return "fused" if torch.cuda.is_available() else "labelled"
+
+
 def trainer(setup: Setup):
     from trl import SFTConfig
 
@@ -31,7 +40,8 @@ def trainer(setup: Setup):
                               **pixel_cache(recipe, len(setup.train), args.world_size, processor.image_processor))
     return WeightedSFTTrainer(model=setup.model, args=args, train_dataset=setup.train, eval_dataset=setup.eval,
                               data_collator=collator, processing_class=processor,
-                              optimizers=(adamw(setup.model, recipe, setup.family), None)), ()
+                              optimizers=(adamw(setup.model, recipe, setup.family), None),
+                              lm_head=lm_head(recipe)), ()
 
 
 OBJECTIVE = Objective(name="sft", reads=SFT, trainer=trainer,

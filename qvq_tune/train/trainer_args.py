@@ -9,10 +9,10 @@ import os
 import torch
 from transformers.trainer_callback import ProgressCallback
 
+from ..recipe import Recipe
 from ..run_folder import CHECKPOINTS, METRICS, RunFolder
 from .batch_stats import BatchStats
 from .callbacks import MarkComplete, MetricsJsonl, Progress
-from .config import Recipe
 from .profile import StepProfiler
 
 

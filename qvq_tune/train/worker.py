@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from ..logs import quiet_third_party
     from ..run_folder import RECIPE, RunFolder
-    from .config import load_recipe
+    from ..recipe import load_recipe
     from .objectives import run_objective
 
     quiet_third_party()

@@ -145,6 +145,7 @@ def parse(record, origin: Origin, options: ReaderOptions) -> Example:
         raise in_their_names(exc, {**options.columns, **aliases}) from None
     if aliases:
         example.meta["aliases"] = aliases
+    example.meta["format"] = name          # the build's provenance counts records per format
     return example
 
 
@@ -199,32 +200,51 @@ def as_list(value, key: str) -> list:
 
 def check_roles(turns: Sequence[Turn], *, prompt: bool = False,
                 names: Sequence[str] | None = None) -> None:
-    """Turns must read `system? (user assistant)+`; a DPO prompt (`prompt=True`) ends with user.
+    """Turns must read `system? (user assistant (tool+ assistant)*)+`, where tool results follow
+    an assistant turn that calls tools (at most one result per call); a DPO prompt
+    (`prompt=True`) ends with a user turn (or a tool result).
 
-    Out-of-order roles raise `bad_role_order`; a conversation with no assistant reply
-    after its last user turn, or with a blank reply, raises `empty_assistant`. `names`
-    gives each turn's source field (e.g. `conversations[3]`) for the error.
+    Out-of-order roles raise `bad_role_order`, a tool result with no call before it
+    `orphan_tool_result`; a conversation with no assistant reply after its last user turn, or
+    with a blank reply (no text and no tool call), raises `empty_assistant`. `names` gives each
+    turn's source field (e.g. `conversations[3]`) for the error.
     """
     def name(i: int) -> str:
         return names[i] if names else f"turn {i}"
 
     start = 1 if turns and turns[0].role == "system" else 0
+    prev, pending = None, 0          # the previous turn; results still owed to its calls
     for i in range(start, len(turns)):
-        expected = "user" if (i - start) % 2 == 0 else "assistant"
-        if turns[i].role != expected:
-            raise RecordError("bad_role_order", f"{name(i)} is a '{turns[i].role}' turn where a "
-                              f"'{expected}' turn was expected; turns must be an optional system "
-                              "turn, then user and assistant alternating", field=name(i))
+        role = turns[i].role
+        if role == "tool":
+            if pending <= 0:
+                why = "no tool call before it" if prev is None or prev.role != "tool" else \
+                    "more results than the calls before it"
+                raise RecordError("orphan_tool_result", f"{name(i)} is a tool result with {why}",
+                                  field=name(i))
+            pending -= 1
+        else:
+            expected = "user" if prev is None or (prev.role == "assistant" and not prev.tool_calls) \
+                else "assistant"
+            if prev is not None and prev.role == "assistant" and prev.tool_calls:
+                expected = "tool"
+            if role != expected:
+                raise RecordError("bad_role_order", f"{name(i)} is a '{role}' turn where a '{expected}' "
+                                  "turn was expected; turns must be an optional system turn, then user "
+                                  "and assistant alternating (tool results after the assistant turn "
+                                  "that calls the tools)", field=name(i))
+            pending = len(turns[i].tool_calls)
+        prev = turns[i]
     last = len(turns) - 1
     if prompt:
-        if last < start or turns[last].role != "user":
+        if last < start or turns[last].role not in ("user", "tool"):
             raise RecordError("bad_role_order", "a preference prompt must end with a user turn",
                               field=name(last) if last >= 0 else None)
         return
     if last < start or turns[last].role != "assistant":
         raise RecordError("empty_assistant", "there is no assistant reply after the last user turn",
                           field=name(last) if last >= 0 else None)
-    for i in range(start + 1, len(turns), 2):
-        if not turns[i].text.strip():
+    for i in range(start, len(turns)):
+        if turns[i].role == "assistant" and not turns[i].text.strip() and not turns[i].tool_calls:
             raise RecordError("empty_assistant", f"{name(i)} is an empty assistant reply",
                               field=name(i))

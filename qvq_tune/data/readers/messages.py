@@ -35,6 +35,7 @@ from ..quarantine import RecordError
 from .base import check_roles, register, text_of
 from .native import is_native, media_source
 from .sharegpt import MediaBinder, has_list_content, read_dialogue, read_turns, reply_of
+from .tools import check_calls, read_tools
 
 PART_KEYS = ("text", "image", "image_url", "video", "video_url")
 
@@ -131,9 +132,16 @@ def read_messages(record: dict, origin: Origin):
     prompt, names = _prompt(record["prompt"], binder)
     binder.finish()
     if "completion" in record:
-        turns = prompt + [reply_of(record["completion"], "completion")]
-        check_roles(turns, names=names + ["completion"])
-        return Conversation(turns, origin, _meta(record))
+        completion = record["completion"]
+        if isinstance(completion, list) and len(completion) > 1:   # a reply with tool calls and results
+            more, more_names = read_turns(completion, "completion", binder, content_parts)
+        else:
+            more, more_names = [reply_of(completion, "completion")], ["completion"]
+        turns, names = prompt + more, names + more_names
+        tools = read_tools(record.get("tools"))
+        check_roles(turns, names=names)
+        check_calls(turns, tools, names)
+        return Conversation(turns, origin, _meta(record), tools=tools)
     check_roles(prompt, prompt=True, names=names)
     return PreferencePair(prompt, reply_of(record.get("chosen"), "chosen"),
                           reply_of(record.get("rejected"), "rejected"), origin, _meta(record))

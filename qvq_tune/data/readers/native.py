@@ -3,6 +3,9 @@
 SFT:  {"images": [...] | "video": ..., "question", "reasoning"?, "answer", "system"?}
 DPO:  {"images", "question", "chosen": {"reasoning"?, "answer"}, "rejected": {...}}
       (chosen / rejected may also be plain strings; reasoning is then split from them)
+With tools: {"tools": [...], "steps": [{"reasoning"?, "tool_calls": [{"name", "arguments"}],
+      "results": ["..."]}, ...], then the final "reasoning"? and "answer"}: each step is an
+      assistant turn (its reasoning, then its calls) and one tool-result turn per result.
 The reasoning may also be inline in `answer` (between think tags, or QVQ's trace
 followed by "**Final Answer**"). Reasoning-dataset names (`problem`, `ground_truth`,
 `solution`, `image_path`) reach these fields through `base.field_aliases`.
@@ -10,10 +13,13 @@ followed by "**Final Answer**"). Reasoning-dataset names (`problem`, `ground_tru
 
 from __future__ import annotations
 
+import json
+
 from ..messages import Conversation, Media, Origin, Part, PreferencePair, Turn
 from ..quarantine import RecordError
-from ..reasoning import read_reply
+from ..reasoning import THINK_TOKENS, read_reply
 from .base import REASONING_KEYS, as_list, check_roles, register, require_text, text_of
+from .tools import check_calls, read_calls, read_tools
 
 
 def is_native(r: dict) -> bool:
@@ -59,6 +65,9 @@ def reply_turn(value, key: str, reasoning: str | None = None) -> Turn:
     read_as = "field" if reasoning else "answer-only"
     if reasoning is None:
         reasoning, value, read_as = read_reply(value)
+    elif any(marker in value for marker in THINK_TOKENS):
+        raise RecordError("think_marker_in_answer", f"field '{key}' holds a think marker although the "
+                          "reply's reasoning is given apart; a trace leaked into the answer", field=key)
     if not value.strip():
         raise RecordError("empty_assistant", f"field '{key}' is empty", field=key)
     return Turn("assistant", [Part.of_text(value)], reasoning=reasoning, read_as=read_as)
@@ -86,5 +95,37 @@ def read_native(record: dict, origin: Origin):
     found = next((k for k in REASONING_KEYS if record.get(k)), None)
     reasoning = text_of(record[found], found) if found else None
     answer = reply_turn(record.get("answer"), "answer", reasoning)
-    check_roles(prompt + [answer], names=names + ["answer"])
-    return Conversation(prompt + [answer], origin, meta={k: record[k] for k in ("id",) if k in record})
+    tools = read_tools(record.get("tools"))
+    steps, step_names = tool_steps(record.get("steps"))
+    turns, names = prompt + steps + [answer], names + step_names + ["answer"]
+    check_roles(turns, names=names)
+    check_calls(turns, tools, names)
+    return Conversation(turns, origin, meta={k: record[k] for k in ("id",) if k in record}, tools=tools)
+
+
+def tool_steps(steps) -> tuple[list[Turn], list[str]]:
+    """The turns of native `steps`: per step an assistant turn (reasoning, calls), then its results."""
+    if steps is None:
+        return [], []
+    if not isinstance(steps, list):
+        raise RecordError("bad_field_type", "field 'steps' must be a list of steps", field="steps")
+    turns, names = [], []
+    for i, step in enumerate(steps):
+        name = f"steps[{i}]"
+        if not isinstance(step, dict):
+            raise RecordError("bad_field_type", f"field '{name}' must be an object", field=name)
+        reasoning = require_text(step, "reasoning", optional=True)
+        calls = read_calls(step.get("tool_calls"), f"{name}.tool_calls") if step.get("tool_calls") else []
+        text = require_text(step, "text", optional=True) or ""
+        turns.append(Turn("assistant", [Part.of_text(text)] if text else [], reasoning=reasoning,
+                          read_as="field" if reasoning else "answer-only", tool_calls=calls))
+        names.append(f"{name}.tool_calls")
+        results = step.get("results") or []
+        if not isinstance(results, list):
+            raise RecordError("bad_field_type", f"field '{name}.results' must be a list", field=f"{name}.results")
+        for j, result in enumerate(results):
+            field = f"{name}.results[{j}]"
+            turns.append(Turn("tool", [Part.of_text(text_of(result, field) if not isinstance(result, (dict, list))
+                                                    else json.dumps(result, ensure_ascii=False))]))
+            names.append(field)
+    return turns, names

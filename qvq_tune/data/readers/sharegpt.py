@@ -16,6 +16,13 @@ reasoning is inline (think tags, QVQ's "**Final Answer**"), in `reasoning_conten
 (LLaMA-Factory v1), `loss_scale` or `loss: false` (ms-swift); weights on other roles are
 ignored, since only assistant replies carry loss.
 
+Tools (`readers/tools.py`): the record's `tools` column (a JSON string or a list); a tool call
+is a `function_call` turn (LLaMA-Factory) or `tool_call` turn (ms-swift) whose value is the
+call's JSON (or a list of calls), or an assistant message's `tool_calls` (OpenAI / TRL), or a
+`{"type": "tool_call"}` content part (LLaMA-Factory v1); a tool result is an `observation`,
+`tool`, `tool_response`, `function` or `ipython` turn. An assistant turn followed by a turn
+holding only calls is one turn (its text, then the calls), as are consecutive call turns.
+
 Detection: a `conversations` key without a singular `image`/`video` key (that is LLaVA),
 or a `messages` key with no list-of-parts content. A `messages` list holding any
 list-of-parts content belongs to `readers/messages.py`.
@@ -31,14 +38,18 @@ import math
 import re
 from typing import Callable
 
+import json
+
 from ..messages import Conversation, Media, Origin, Part, PreferencePair, Turn
 from ..quarantine import RecordError
 from .base import REASONING_KEYS, check_roles, register, require_text, text_of
 from .native import is_native, media_of, reply_turn
+from .tools import check_calls, read_calls, read_tools
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
          "chatgpt": "assistant", "model": "assistant", "bot": "assistant", "system": "system"}
-TOOL_ROLES = ("observation", "function_call", "function", "tool", "ipython")
+TOOL_ROLES = {"observation": "tool", "function": "tool", "tool": "tool", "ipython": "tool",
+              "tool_response": "tool", "function_call": "call", "tool_call": "call"}
 PLACEHOLDER = re.compile(r"<(image|video)>")
 
 ContentParser = Callable[[object, str, "MediaBinder"], list[Part]]
@@ -127,10 +138,11 @@ def _role(msg: dict, name: str) -> str:
         raise RecordError("missing_field", f"field '{field}' is missing", field=field)
     if not isinstance(role, str):
         raise RecordError("bad_field_type", f"field '{field}' must be a role name", field=field)
+    if role.lower() in TOOL_ROLES:
+        return TOOL_ROLES[role.lower()]
     if role.lower() not in ROLES:
-        why = "tool turns are not supported" if role.lower() in TOOL_ROLES else "unknown role"
-        raise RecordError("bad_role_order", f"{field} is {role!r}: {why}; use "
-                          "system/user/assistant (or human/gpt)", field=field)
+        raise RecordError("bad_role_order", f"{field} is {role!r}: unknown role; use system/user/"
+                          "assistant (or human/gpt), tool / observation for tool results", field=field)
     return ROLES[role.lower()]
 
 
@@ -153,18 +165,22 @@ def loss_weight(msg: dict, name: str) -> float:
     return float(value)
 
 
-def _reply_parts(parts: list, field: str) -> tuple[str, str | None]:
-    """(text, reasoning) of an assistant content list: text parts (`text` or LLaMA-Factory v1's
-    `value`) and `reasoning` parts; media or tool calls have no place in a reply."""
-    text, reasoning = [], []
+def _reply_parts(parts: list, field: str) -> tuple[str, str | None, list]:
+    """(text, reasoning, tool calls) of an assistant content list: text parts (`text` or
+    LLaMA-Factory v1's `value`), `reasoning` parts and `tool_call` parts; media have no place
+    in a reply."""
+    text, reasoning, calls = [], [], []
     for j, p in enumerate(parts):
         kind = p.get("type", "text") if isinstance(p, dict) else None
-        if kind not in ("text", "reasoning"):
-            raise RecordError("bad_field_type", f"field '{field}[{j}]' is not a text or reasoning part; an "
-                              "assistant turn may hold only those", field=f"{field}[{j}]")
+        if kind not in ("text", "reasoning", "tool_call"):
+            raise RecordError("bad_field_type", f"field '{field}[{j}]' is not a text, reasoning or tool_call "
+                              "part; an assistant turn may hold only those", field=f"{field}[{j}]")
         value = p.get("text", p.get("value"))
+        if kind == "tool_call":
+            calls += read_calls(value if value is not None else p.get("tool_call"), f"{field}[{j}].value")
+            continue
         (text if kind == "text" else reasoning).append(text_of(value, f"{field}[{j}]") if value is not None else "")
-    return "".join(text), ("".join(reasoning) or None)
+    return "".join(text), ("".join(reasoning) or None), calls
 
 
 def assistant_turn(msg: dict, name: str) -> Turn:
@@ -176,13 +192,45 @@ def assistant_turn(msg: dict, name: str) -> Turn:
         if msg.get(key):
             reasoning = text_of(msg[key], f"{name}.{key}")
             break
-    value = msg.get(_keys(msg)[1])
+    value, calls = msg.get(_keys(msg)[1]), []
     if isinstance(value, list):
-        value, part_reasoning = _reply_parts(value, field)
+        value, part_reasoning, calls = _reply_parts(value, field)
         reasoning = reasoning or part_reasoning
-    turn = reply_turn("" if value is None else value, field, reasoning)
+    if msg.get("tool_calls"):                                 # OpenAI / TRL
+        calls += read_calls(msg["tool_calls"], f"{name}.tool_calls")
+    if calls and not (text_of(value, field) if value is not None else "").strip():
+        turn = Turn("assistant", [], reasoning=reasoning, read_as="field" if reasoning else "answer-only")
+    else:
+        turn = reply_turn("" if value is None else value, field, reasoning)
+    turn.tool_calls = calls
     turn.loss_weight = loss_weight(msg, name)
     return turn
+
+
+def tool_result_turn(value, field: str) -> Turn:
+    """A tool result: its text (an object or list is written back as JSON)."""
+    if value is None:
+        raise RecordError("missing_field", f"field '{field}' is missing", field=field)
+    if isinstance(value, list) and all(isinstance(p, dict) for p in value):    # text parts
+        value = "".join(text_of(p.get("text", p.get("value", "")), f"{field}[{j}]") for j, p in enumerate(value))
+    elif isinstance(value, (dict, list)):
+        value = json.dumps(value, ensure_ascii=False)
+    return Turn("tool", [Part.of_text(text_of(value, field))])
+
+
+def join_call_turns(turns: list[Turn], names: list[str]) -> tuple[list[Turn], list[str]]:
+    """An assistant turn followed by a turn holding only tool calls (ms-swift, LLaMA-Factory
+    write the call as a turn of its own) becomes one turn: its text, then the calls."""
+    out, out_names = [], []
+    for turn, name in zip(turns, names):
+        prev = out[-1] if out else None
+        if (prev is not None and prev.role == turn.role == "assistant" and turn.tool_calls
+                and not turn.text.strip() and not turn.reasoning and prev.loss_weight == turn.loss_weight):
+            prev.tool_calls = prev.tool_calls + turn.tool_calls
+            continue
+        out.append(turn)
+        out_names.append(name)
+    return out, out_names
 
 
 def message_turn(msg, name: str, binder: MediaBinder, content: ContentParser = string_content) -> Turn:
@@ -192,6 +240,12 @@ def message_turn(msg, name: str, binder: MediaBinder, content: ContentParser = s
     if role == "assistant":
         return assistant_turn(msg, name)
     field = f"{name}.{_keys(msg)[1]}"
+    if role == "tool":
+        return tool_result_turn(msg.get(_keys(msg)[1]), field)
+    if role == "call":
+        turn = Turn("assistant", [], tool_calls=read_calls(msg.get(_keys(msg)[1]), field))
+        turn.loss_weight = loss_weight(msg, name)
+        return turn
     if msg.get(_keys(msg)[1]) is None:
         raise RecordError("missing_field", f"field '{field}' is missing", field=field)
     return Turn(role, content(msg[_keys(msg)[1]], field, binder))
@@ -207,7 +261,7 @@ def read_turns(messages, key: str, binder: MediaBinder,
     if not messages:
         raise RecordError("missing_field", f"field '{key}' is empty", field=key)
     names = [f"{key}[{i}]" for i in range(len(messages))]
-    return [message_turn(m, n, binder, content) for m, n in zip(messages, names)], names
+    return join_call_turns([message_turn(m, n, binder, content) for m, n in zip(messages, names)], names)
 
 
 def reply_of(value, key: str) -> Turn:
@@ -233,6 +287,7 @@ def read_dialogue(record: dict, origin: Origin, key: str, binder: MediaBinder,
     first user text.
     """
     turns, names = read_turns(record.get(key), key, binder, content)
+    tools = read_tools(record.get("tools"))
     system = require_text(record, "system", optional=True)
     if system:
         turns, names = [Turn("system", [Part.of_text(system)])] + turns, ["system"] + names
@@ -243,10 +298,11 @@ def read_dialogue(record: dict, origin: Origin, key: str, binder: MediaBinder,
         return PreferencePair(turns, reply_of(record.get("chosen"), "chosen"),
                               reply_of(record.get("rejected"), "rejected"), origin, meta)
     check_roles(turns, names=names)
+    check_calls(turns, tools, names)
     if "rejected_response" in record:                        # ms-swift DPO
         return PreferencePair(turns[:-1], turns[-1], reply_of(record["rejected_response"],
                               "rejected_response"), origin, meta)
-    return Conversation(turns, origin, meta)
+    return Conversation(turns, origin, meta, tools=tools)
 
 
 @register("sharegpt", _is_sharegpt)

@@ -10,6 +10,10 @@ values and, in `check_recipe`, what it needs of the rest of the recipe. A sectio
 another objective left at its defaults is ignored; set, it is an error (it would not
 apply). The objective itself (its trainer, data kind, checks, report keys) is a record in
 its module, `train/<objective>.py` (`train/objectives.py`).
+
+It sits below the three jobs: a run folder's `recipe.yaml` is read back as a `Recipe`
+(`RunFolder.recipe()`) by training, evaluation and export alike, and `Recipe.loading()` is
+the one translation of a recipe into the arguments that load its base model.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from typing import Literal
 
 import yaml
 
-from .. import presets
-from ..errors import UserError
+from . import presets
+from .errors import UserError
 
 # objective -> its recipe section; the objective's record lives in `train/<objective>.py`
 SECTION_OF = {"sft": "loss", "dpo": "dpo", "grpo": "grpo"}
@@ -139,10 +143,14 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    """Objective sft: per-token loss weights by span (the builder marks reasoning and
-    final-answer tokens)."""
+    """Objective sft: per-token loss weights by span (the builder marks reasoning and final-answer tokens), and
+    how the SFT loss reads the LM head (`train/weighted_sft.py`): "fused" is TRL's chunked head
+    over the positions it picks (all of them off CUDA), with its entropy and token-accuracy
+    metrics; "labelled" projects only the positions whose next token is labelled, through the
+    model's own head (`logits_to_keep`), as ms-swift does; "auto": fused on CUDA, labelled elsewhere."""
     reasoning_weight: float = 1.0
     answer_weight: float = 1.0
+    lm_head: Literal["auto", "fused", "labelled"] = "auto"
 
     def __post_init__(self):
         for key in ("reasoning_weight", "answer_weight"):
@@ -319,6 +327,20 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def loading(self) -> dict:
+        """`models.loading.load_model` keyword arguments that load the base as this recipe trains it."""
+        return loading_arguments(self.method, self.dtype, self.quant)
+
+
+def loading_arguments(method: Method, dtype: DType, quant: QuantConfig | None = None) -> dict:
+    """The one translation of a recipe's settings into `models.loading.load_model` keyword
+    arguments: the dtype and, for QLoRA, 4-bit with the recipe's quant type and double
+    quantisation (`quant=None`: the recipe defaults). Training, evaluation and export all load
+    a run's base through it, so none of them can drop a setting the others carry."""
+    quant = quant or QuantConfig()
+    return {"dtype": dtype, "load_in_4bit": method == "qlora", "quant_type": quant.type,
+            "double_quant": quant.double_quant}
 
 
 # Names users reach for that live elsewhere in the recipe: `learning_rate` -> `optim.lr`.

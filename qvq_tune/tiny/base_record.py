@@ -1,0 +1,50 @@
+"""The tiny base's training-data record: its pre-training on synthetic captions, as a stage.
+
+`record_pretraining(base)` writes `base/training_data.json` once (`data/training_data.py`),
+so every run on the base, and every export of one, lists the pre-training first. The
+caption set is seeded (`write_captions(..., f"{seed}:pretrain")`), so it is written again
+exactly as the pre-training wrote it and built with the base's own processor and
+template (the same files the pre-training built with), and summarised like any dataset;
+the stage's objective, method and steps come from the recipe and train report the base
+keeps in `pretrain/`. The record is not part of the base's fingerprint (a cached base
+gains it without being rebuilt) nor of its processor hash (`data/fingerprint.py`), so
+datasets built with the base stay valid.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from ..data.build import BuildConfig, build
+from ..data.training_data import dataset_summary, document, stage_fingerprint
+from ..paths import cache_dir, write_json_atomic
+from ..run_folder import RECIPE, TRAIN_REPORT, TRAINING_DATA
+from ..synth.captions import write_captions
+from .pretrain import BASE_NAME, REPORT_FILE, BaseRecipe
+
+
+def record_pretraining(base: Path, *, log=print) -> Path:
+    """`base/training_data.json` (written when missing): the pre-training stage of the tiny base."""
+    path = Path(base) / TRAINING_DATA
+    if path.is_file():
+        return path
+    recipe = BaseRecipe(**{k: v for k, v in json.loads((base / REPORT_FILE).read_text())["recipe"].items()
+                           if k != "spec"})
+    log(f"recording the tiny base's pre-training data (once) in {path}")
+    with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".record-") as work:
+        captions = write_captions(Path(work) / "captions", recipe.steps * recipe.batch_size, f"{recipe.seed}:pretrain")
+        build(BuildConfig(input=str(captions), model=str(base), out=str(Path(work) / "pretrain-captions"),
+                          reasoning="answer-only", reuse=False))
+        datasets = [dataset_summary(Path(work) / "pretrain-captions", "train")]
+    run_recipe = yaml.safe_load((base / "pretrain" / RECIPE).read_text(encoding="utf-8"))
+    report = json.loads((base / "pretrain" / TRAIN_REPORT).read_text(encoding="utf-8"))
+    stage = {"name": f"{BASE_NAME} pre-training", "objective": run_recipe.get("objective"),
+             "method": run_recipe.get("method"), "base_model": "random weights (the tiny zoo's qwen2_vl)",
+             "starts_from": "random weights", "fingerprint": stage_fingerprint(datasets), "datasets": datasets,
+             "steps": report.get("steps"), "samples": report.get("samples")}
+    write_json_atomic(path, document([stage]))
+    return path

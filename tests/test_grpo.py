@@ -24,7 +24,7 @@ def varied(tiny_model, tmp_path_factory):
     records = []
     for i, line in enumerate(lines):
         record = json.loads(line)
-        record["question"] += " Count carefully." * (i % 4)
+        record["question"] += f" Sheet {i}." + " Count carefully." * (i % 4)     # no two prompts alike
         if i % 3 == 2:
             record["images"] = record["images"] * 2
             record["question"] = "Both images show the same schematic. " + record["question"]
@@ -53,10 +53,12 @@ def _trainer(recipe):
 def _mixed_length_rows(trainer, n: int = 3) -> list[dict]:
     """`n` prompts of different token lengths, each repeated once per generation (as TRL's sampler does)."""
     ds = trainer.train_dataset
-    by_length = {}
+    by_length, answers = {}, set()
     for i in range(len(ds)):
-        by_length.setdefault(ds[i]["prompt_tokens"], i)
-    assert len(by_length) >= n, "the test needs prompts of different lengths"
+        if ds[i]["prompt_tokens"] not in by_length and ds[i]["answer"] not in answers:
+            by_length[ds[i]["prompt_tokens"]] = i
+            answers.add(ds[i]["answer"])
+    assert len(by_length) >= n, "the test needs prompts of different lengths and answers"
     picks = [by_length[k] for k in sorted(by_length)[:: max(1, len(by_length) // n)][:n]]
     return [ds[i] for i in picks for _ in range(trainer.num_generations)]
 
@@ -193,3 +195,46 @@ def test_group_watch_warns_on_no_spread_and_on_length_collapse(capsys):
         watch.on_log(None, state, None, {"frac_reward_zero_std": 0.85, "completions/mean_length": 20.0})
     err = capsys.readouterr().err
     assert err.count("no reward spread") == 1 and err.count("fell from 100 to 20") == 1
+
+
+def _gold_value(reply, *, answer, **_):
+    """A reward that says which gold answer it was handed."""
+    return float(answer)
+
+
+def _rewarded_golds(trainer, rows) -> list[tuple[float, float]]:
+    """(gold TRL's reward call was handed, gold of the prompt that completion answered)
+    for every completion of one generation batch, the gold looked up from the built samples."""
+    from qvq_tune.data.prompts import generation_prefix, prompt_from_sample
+    from qvq_tune.train.grpo import collapse_placeholders
+    shared = trainer._test_shared
+    prefix = generation_prefix(shared.processor, shared.family)
+    gold_of = {}
+    for sample in shared.train:
+        p = prompt_from_sample(sample, shared.processor.tokenizer, shared.family, prefix)
+        text = shared.processor.tokenizer.decode(p.batch["input_ids"], skip_special_tokens=False)
+        gold_of[collapse_placeholders(text, shared.family)] = float(p.reference)
+    trainer._logs["prompt"].clear()
+    trainer._logs["rewards"].clear()
+    trainer.model.eval()
+    trainer._generate_and_score_completions(rows)
+    texts = ["".join(part["text"] for part in prompt[0]["content"] if part["type"] == "text")
+             for prompt in trainer._logs["prompt"]]
+    return list(zip(trainer._logs["rewards"]["_gold_value"], [gold_of[t] for t in texts]))
+
+
+def test_each_completion_is_rewarded_against_its_own_prompts_gold(tmp_path, tiny_model, varied):
+    """Several prompts x several generations through TRL's own generation and reward call:
+    every completion's reward saw its own prompt's gold; answers shuffled across prompts, not."""
+    trainer, shared = _trainer(_grpo_recipe(tmp_path, tiny_model("qwen2_vl"), varied,
+                                            **{"grpo.rewards": ["correct", "tests.test_grpo:_gold_value"]}))
+    trainer._test_shared = shared
+    rows = _mixed_length_rows(trainer)
+    pairs = _rewarded_golds(trainer, rows)
+    assert len(pairs) == len(rows) and len({own for _, own in pairs}) > 1
+    assert all(handed == own for handed, own in pairs), pairs
+    golds = [row["answer"] for row in rows[::trainer.num_generations]]
+    shuffled = golds[1:] + golds[:1]
+    assert shuffled != golds
+    moved = [{**row, "answer": shuffled[i // trainer.num_generations]} for i, row in enumerate(rows)]
+    assert not all(handed == own for handed, own in _rewarded_golds(trainer, moved))

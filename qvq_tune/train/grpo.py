@@ -161,12 +161,11 @@ def check_prompt_ids(ds, sample, processor, family, prefix: str) -> None:
     """The first prompt, as TRL will render and process it, gives the built token ids."""
     from PIL import Image
 
-    from ..data.prompts import prompt_from_sample as built
     row = ds[0]
     images = [img if hasattr(img, "size") else Image.open(img) for img in row.get("images") or []]
     text = processor.apply_chat_template([row["prompt"]], tokenize=False, add_generation_prompt=True)[0]
     ids = processor(text=[text], images=images or None, return_tensors=None)["input_ids"][0]
-    expected = built(sample, processor.tokenizer, family, prefix).batch["input_ids"]
+    expected = prompt_from_sample(sample, processor.tokenizer, family, prefix).batch["input_ids"]
     if list(ids) != list(expected):
         raise AssertionError(f"grpo prompt ids differ from the built sample's ({len(ids)} vs {len(expected)} tokens)")
 

@@ -10,6 +10,10 @@ proven against base + adapter before it is put in place; a vLLM-ready adapter) -
 report.json + PNG + tables, with the reasoning diagnostics (truncation, loops, language
 mixing, consistency) before and after. Every stage is the same library call the CLI
 exposes; the demo only chains them.
+
+A tool task (`--task parts_lookup`) is evaluated by running its tool (`eval --tools`, the
+`tools.py` the synthesiser writes), reports the tool-call rates, and has no defective traces,
+DPO stage or sampled-defect count (its data has no preference pairs).
 """
 
 from __future__ import annotations
@@ -145,11 +149,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .tiny.base_record import record_pretraining
     from .tiny.pretrain import REPORT_FILE, ensure_tiny_base
 
+    from .synth.tasks import TASKS
+
     check_recipes(cfg)               # before anything is built (the tiny base takes minutes on first use)
     clock = _Clock()
     out = Path(cfg.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    dpo = cfg.dpo_steps > 0
+    agent = bool(TASKS[cfg.task].tools) if cfg.task in TASKS else False
+    dpo = cfg.dpo_steps > 0 and not agent
 
     _say("1/9 tiny base model (pre-trained once, then cached)")
     base = ensure_tiny_base(log=_say)
@@ -160,8 +167,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     _say(f"2/9 synthesising the '{cfg.task}' diagram task ({cfg.defect_rate:.0%} of traces defective)")
     raw = out / "data" / "raw"
     generate(SynthConfig(task=cfg.task, train=cfg.train_size, validation=max(10, cfg.test_size // 10),
-                         test=cfg.test_size, seed=cfg.seed, defect_rate=cfg.defect_rate, dpo=dpo,
+                         test=cfg.test_size, seed=cfg.seed, defect_rate=0.0 if agent else cfg.defect_rate, dpo=dpo,
                          dpo_kinds=DEFECTS), raw)
+    tools = str(raw / "tools.py") if agent else None        # the tool eval runs
     clock.stage("synth")
 
     _say("3/9 building datasets with the base model's processor and chat template")
@@ -172,7 +180,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     clock.stage("build")
 
     _say("4/9 evaluating the base model")
-    opts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64, dtype="float32", device="cpu")
+    opts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64, dtype="float32", device="cpu", tools=tools)
     base_eval = evaluate(load_for_eval(base, None, opts), data["test"], opts, out / "eval" / "base",
                          desc="eval base")
     clock.stage("eval_base")
@@ -186,12 +194,13 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     _say("6/9 evaluating the tuned model (4-bit base + adapter, as trained): greedy, blank images, sampled")
     topts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64, load_in_4bit=True, blank_images=True,
-                        dtype="float32", device="cpu")
+                        dtype="float32", device="cpu", tools=tools)
     model = load_for_eval(base, sft_run.adapter, topts)
     tuned = evaluate(model, data["test"], topts, out / "eval" / "tuned", desc="eval tuned")
     before_after = compare(base_eval, tuned)
     write_text_atomic(out / "eval" / "before_after.md", comparison_markdown(before_after, ("base", "tuned")))
-    sft_defects = defect_rate(model, data["test"], cfg, out / "eval" / "tuned_sampled", "sample tuned")
+    sft_defects = None if agent else defect_rate(model, data["test"], cfg, out / "eval" / "tuned_sampled",
+                                                 "sample tuned")
     del model
     clock.stage("eval_tuned")
 
@@ -226,13 +235,17 @@ def run_demo(cfg: DemoConfig) -> dict:
         "task": cfg.task, "base_model": str(base),
         "base_accuracy": base_eval["accuracy"], "tuned_accuracy": tuned["accuracy"],
         "tuned_blank_image_accuracy": tuned["blank_accuracy"], "merged_accuracy": merged["accuracy"],
-        "sft_defect_rate": sft_defects["rate"], "sft_defects_by_kind": sft_defects["by_kind"],
+        "sft_defect_rate": sft_defects["rate"] if sft_defects else None,
+        "sft_defects_by_kind": sft_defects["by_kind"] if sft_defects else None,
+        "tools": tools, "base_tool_call_valid_rate": base_eval.get("tool_call_valid_rate"),
+        "tuned_tool_call_valid_rate": tuned.get("tool_call_valid_rate"),
         "dpo_accuracy": dpo_eval["accuracy"] if dpo else None,
         "dpo_defect_rate": dpo_defects["rate"] if dpo else None,
         "dpo_defects_by_kind": dpo_defects["by_kind"] if dpo else None,
-        "defect_sampled_replies": sft_defects["replies"],
-        "sampled_loop_rate": {"sft": sft_defects["loop_rate"], "dpo": dpo_defects["loop_rate"] if dpo else None},
-        "sampled_language_mix_rate": {"sft": sft_defects["language_mix_rate"],
+        "defect_sampled_replies": sft_defects["replies"] if sft_defects else None,
+        "sampled_loop_rate": {"sft": sft_defects["loop_rate"] if sft_defects else None,
+                              "dpo": dpo_defects["loop_rate"] if dpo else None},
+        "sampled_language_mix_rate": {"sft": sft_defects["language_mix_rate"] if sft_defects else None,
                                       "dpo": dpo_defects["language_mix_rate"] if dpo else None},
         "test_samples": tuned["n"], "train_samples": built["train"]["kept"],
         "train_loss_first": sft_report["train_loss_first"], "train_loss_last": sft_report["train_loss_last"],
@@ -269,7 +282,7 @@ def _plot(report: dict, sft_run, dpo_run, png: Path, cfg: DemoConfig) -> Path:
     if dpo_run is not None:
         accuracies["after DPO"] = report["dpo_accuracy"]
     accuracies["merged\n(bf16)"] = report["merged_accuracy"]
-    defects = {"after SFT": report["sft_defect_rate"]}
+    defects = {"after SFT": report["sft_defect_rate"]} if report["sft_defect_rate"] is not None else None
     if dpo_run is not None:
         defects["after DPO"] = report["dpo_defect_rate"]
     return plot_run(read_metrics(sft_run.file(METRICS)), accuracies, png,
@@ -285,8 +298,13 @@ def _print(report: dict, export: dict, out: Path) -> None:
         ("base accuracy (held-out test)", f"{report['base_accuracy']:.1%}"),
         ("tuned accuracy", f"{report['tuned_accuracy']:.1%}"),
         ("tuned, blank images", f"{report['tuned_blank_image_accuracy']:.1%}"),
-        ("defective sampled replies after SFT", f"{report['sft_defect_rate']:.1%}"),
     ]
+    if report["sft_defect_rate"] is not None:
+        rows.append(("defective sampled replies after SFT", f"{report['sft_defect_rate']:.1%}"))
+    if report["tools"]:
+        rows.append(("valid tool calls, base -> tuned", " -> ".join(
+            "n/a" if v is None else f"{v:.1%}"
+            for v in (report["base_tool_call_valid_rate"], report["tuned_tool_call_valid_rate"]))))
     if report["dpo_accuracy"] is not None:
         rows += [("defective sampled replies after DPO", f"{report['dpo_defect_rate']:.1%}"),
                  ("accuracy after DPO", f"{report['dpo_accuracy']:.1%}")]

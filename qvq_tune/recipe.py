@@ -31,7 +31,7 @@ from . import presets
 from .errors import UserError
 
 # objective -> its recipe section; the objective's record lives in `train/<objective>.py`
-SECTION_OF = {"sft": "loss", "dpo": "dpo"}
+SECTION_OF = {"sft": "loss", "dpo": "dpo", "grpo": "grpo"}
 Objective = Literal[tuple(SECTION_OF)]
 Method = Literal["qlora", "lora", "full"]
 DType = Literal["float32", "bfloat16", "float16"]
@@ -186,6 +186,62 @@ class DpoConfig:
 
 
 @dataclass
+class GrpoConfig:
+    """Objective grpo: sampled replies to built prompts, scored against their gold answers
+    (`train/grpo.py`, rewards: `train/rewards.py`). `optim.per_device_batch_size` counts
+    completions (as in TRL): 64 with num_generations 8 is 8 prompts per step and process."""
+    num_generations: int = 8              # completions sampled per prompt (one group)
+    max_completion_tokens: int = 256      # the completion budget
+    temperature: float = 0.7              # 1.0 left the tiny base's groups without spread (issue 17)
+    top_p: float = 1.0
+    beta: float = 0.0                     # KL penalty to the starting policy (0: no reference pass)
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    mask_truncated: bool = False          # leave completions that hit the budget out of the loss (DAPO)
+    rewards: list[str] = field(default_factory=lambda: ["correct", "format"])  # names or module:function
+    reward_weights: list[float] | None = None   # one per reward; default: all 1
+    overlong_cache: int | None = None     # reward overlong: the penalty ramps over the budget's last N tokens
+                                          # (default: a quarter of the budget)
+    style: Literal["auto", "qvq", "think", "answer-only"] = "auto"  # auto: the build's reasoning format
+    start_adapter: str | None = None      # an SFT adapter (or run folder) to start from; None: a new adapter
+    use_vllm: bool = False                # generate with vLLM (GPU only; colocated with training by default)
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_gpu_memory_utilization: float = 0.3
+    zero_spread_warning: float = 0.8      # warn when this share of groups has no reward spread, 3 logs running
+    length_collapse_warning: float = 0.3  # warn when mean completion length falls below this share of its start
+
+    def __post_init__(self):
+        if self.num_generations < 2:
+            raise invalid("grpo.num_generations", "must be >= 2 (advantages compare replies within a group)")
+        for key in ("max_completion_tokens", "temperature", "overlong_cache"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise invalid(f"grpo.{key}", "must be positive")
+        if self.overlong_cache is not None and self.overlong_cache > self.max_completion_tokens:
+            raise invalid("grpo.overlong_cache", "must be <= grpo.max_completion_tokens")
+        if not 0 < self.top_p <= 1:
+            raise invalid("grpo.top_p", "must be in (0, 1]")
+        if self.beta < 0:
+            raise invalid("grpo.beta", "must be >= 0")
+        if not self.rewards:
+            raise invalid("grpo.rewards", "must name at least one reward")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise invalid("grpo.reward_weights", f"needs one weight per reward ({len(self.rewards)})")
+
+    def check_recipe(self, recipe: "Recipe") -> None:
+        if recipe.method == "full" and self.beta:
+            raise invalid("grpo.beta", "> 0 needs method lora or qlora: the reference is the starting policy with "
+                                       "its adapter disabled, never a second full copy of the weights")
+        if recipe.data.packing:
+            raise invalid("data.packing", "applies to objective sft: GRPO scores each completion in its own row")
+        o = recipe.optim
+        per_step = o.per_device_batch_size * recipe.launch.num_processes * o.grad_accum
+        if per_step % self.num_generations:
+            raise invalid("optim.per_device_batch_size", f"x launch.num_processes x optim.grad_accum ({per_step}) "
+                          f"must be a multiple of grpo.num_generations ({self.num_generations}): the batch counts "
+                          "completions, whole groups of them")
+
+
+@dataclass
 class KernelConfig:
     liger: bool = False                   # Liger's fused RMSNorm / LayerNorm / SwiGLU / M-RoPE (GPU)
 
@@ -224,6 +280,7 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
     kernels: KernelConfig = field(default_factory=KernelConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)

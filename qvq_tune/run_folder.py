@@ -75,8 +75,8 @@ class RunFolder:
         write_text_atomic(self.path / RECIPE, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         write_json_atomic(self.path / BASE_MODEL, detect(model_dir).to_dict())
         write_json_atomic(self.path / DATASET, dataset_record(train_data, eval_data))
-        record = training_data_record(recipe.to_dict(), model_dir, train_data, eval_data, name=self.path.name)
-        write_json_atomic(self.path / TRAINING_DATA, record)
+        write_json_atomic(self.path / TRAINING_DATA, training_data_record(
+            recipe.to_dict(), model_dir, train_data, eval_data, name=self.path.name))
         template = chat_template(model_dir)
         if template is not None:
             write_text_atomic(self.path / TEMPLATE, template)

@@ -6,11 +6,11 @@ checking that stage on several seeds without re-running the base, the SFT or the
 Runs stage 7 exactly as `qvq-tune demo` does (the packaged `demo_dpo_zero3` recipe from the
 SFT adapter, the demo's launcher preset and process count, the demo's seed), with the
 given recipe overrides, then greedy accuracy on the test split and the sampled defect rate
-(4 replies per test question, temperature 1, the demo's seed). Prints one JSON line with
-the SFT figures from the demo's report.json beside the new DPO figures:
+(4 replies per test question, temperature 1, the demo's seed). Prints one JSON line (accuracy, defect_rate, with the SFT
+figures of the demo's report.json when it has one). `--sft-only` measures the SFT adapter
+the same way, for a demo folder whose later stages did not run:
 
-    {"seed": 0, "sft_accuracy": 1.0, "sft_defect_rate": 0.149, "dpo_accuracy": ...,
-     "dpo_defect_rate": ..., "defects_halved": true, "accuracy_within_2_points": true, ...}
+    python scripts/demo_dpo_stage.py --demo runs/demo --name sft_check --sft-only
 """
 
 from __future__ import annotations
@@ -30,34 +30,45 @@ def main(argv: list[str] | None = None) -> int:
     from qvq_tune.eval.evaluate import EvalOptions, evaluate, load_for_eval
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--demo", required=True, help="a finished `qvq-tune demo --out` folder")
+    p.add_argument("--demo", required=True, help="a `qvq-tune demo --out` folder whose SFT stage finished")
     p.add_argument("--name", default="dpo_stage", help="run folder name inside the demo folder")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="DPO recipe override")
+    p.add_argument("--seed", type=int, help="the demo's seed (default: its report.json's)")
+    p.add_argument("--defect-samples", type=int, help="sampled replies per test prompt (default: the demo's)")
+    p.add_argument("--sft-only", action="store_true",
+                   help="measure the SFT adapter (greedy accuracy, defect rate) instead of training DPO")
     args = p.parse_args(argv)
     demo = Path(args.demo).absolute()
-    report = json.loads((demo / "report.json").read_text())
-    config = {k: v for k, v in report["config"].items() if k in DemoConfig.__dataclass_fields__}
+    report_path = demo / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    config = {k: v for k, v in (report or {}).get("config", {}).items() if k in DemoConfig.__dataclass_fields__}
+    config.update({k: v for k, v in (("seed", args.seed), ("defect_samples", args.defect_samples)) if v is not None})
     cfg = DemoConfig(**{**config, "out": str(demo)})
-    base = Path(report["base_model"])
-    data = {split: demo / "data" / split for split in ("train", "validation", "test", "dpo_train", "dpo_validation")}
+    base = Path(report["base_model"] if report else json.loads((demo / "train" / "base_model.json").read_text())["path"])
+    data = {split: demo / "data" / split for split in ("train", "test", "dpo_train")}
     started = time.time()
-    overrides = {**dpo_overrides(cfg, base, demo, data, demo / "train"), "name": args.name,
-                 **parse_overrides(args.set)}
-    dpo_report, run = _train(DPO_RECIPE, overrides, cfg)
-    trained = time.time() - started
     topts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64, load_in_4bit=True, dtype="float32",
                         device="cpu")
-    model = load_for_eval(base, run.adapter, topts)
-    greedy = evaluate(model, data["test"], topts, demo / "eval" / args.name, desc="eval dpo")
-    defects = defect_rate(model, data["test"], cfg, demo / "eval" / f"{args.name}_sampled", "sample dpo")
-    out = {"seed": cfg.seed, "overrides": {k: v for k, v in overrides.items() if not isinstance(v, str)
-                                           or not v.startswith("/")},
-           "sft_accuracy": report["tuned_accuracy"], "sft_defect_rate": report["sft_defect_rate"],
-           "dpo_accuracy": greedy["accuracy"], "dpo_defect_rate": defects["rate"],
-           "dpo_steps_run": dpo_report["steps"], "dpo_best_step": dpo_report.get("best_step"),
-           "defects_halved": defects["rate"] <= report["sft_defect_rate"] / 2,
-           "accuracy_within_2_points": greedy["accuracy"] >= report["tuned_accuracy"] - 0.02,
-           "train_seconds": round(trained, 1), "seconds": round(time.time() - started, 1)}
+    overrides, dpo_report = {}, {}
+    if args.sft_only:
+        adapter = demo / "train" / "adapter"
+    else:
+        overrides = {**dpo_overrides(cfg, base, demo, data, demo / "train"), "name": args.name,
+                     **parse_overrides(args.set)}
+        dpo_report, run = _train(DPO_RECIPE, overrides, cfg)
+        adapter = run.adapter
+    trained = time.time() - started
+    model = load_for_eval(base, adapter, topts)
+    greedy = evaluate(model, data["test"], topts, demo / "eval" / args.name, desc=f"eval {args.name}")
+    defects = defect_rate(model, data["test"], cfg, demo / "eval" / f"{args.name}_sampled", f"sample {args.name}")
+    out = {"seed": cfg.seed, "stage": "sft" if args.sft_only else "dpo", "defect_samples": cfg.defect_samples,
+           "overrides": {k: v for k, v in overrides.items() if not (isinstance(v, str) and v.startswith("/"))},
+           "accuracy": greedy["accuracy"], "n": greedy["n"], "defect_rate": defects["rate"],
+           "defects_by_kind": defects["by_kind"], "replies": defects["replies"],
+           "dpo_steps_run": dpo_report.get("steps"), "train_seconds": round(trained, 1),
+           "seconds": round(time.time() - started, 1)}
+    if report:
+        out.update(sft_accuracy=report["tuned_accuracy"], sft_defect_rate=report["sft_defect_rate"])
     print(json.dumps(out))
     return 0
 

@@ -166,6 +166,25 @@ def qvq(*args) -> list[str]:
     return [sys.executable, "-m", "qvq_tune", *map(str, args)]
 
 
+def zero3_config(work: Path, max_live: float) -> str:
+    """The zero3 preset, or a copy beside the work folder whose live-parameter and reuse
+    limits are `max_live` elements (each rank keeps no more than that gathered at once)."""
+    if not max_live:
+        return "zero3"
+    import yaml
+    from qvq_tune import presets
+    preset = presets.find(presets.ACCELERATE, "zero3")
+    accel = yaml.safe_load(preset.read_text())
+    ds = json.loads((preset.parent / accel["deepspeed_config"]["deepspeed_config_file"]).read_text())
+    ds["zero_optimization"].update(stage3_max_live_parameters=int(max_live), stage3_max_reuse_distance=int(max_live))
+    folder = work / "zero3-live"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "zero3.json").write_text(json.dumps(ds, indent=2))
+    accel["deepspeed_config"]["deepspeed_config_file"] = str(folder / "zero3.json")
+    (folder / "zero3.yaml").write_text(yaml.safe_dump(accel))
+    return str(folder / "zero3.yaml")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="qwen2_vl-2b", help="qwen2_vl-2b or qwen2_5_vl-3b (models/shapes.py)")
@@ -178,6 +197,10 @@ def main() -> int:
     parser.add_argument("--json", help="write every figure here")
     parser.add_argument("--only", help="comma-separated stages to run (sft,dpo,eval,export), reusing the earlier "
                                        "stages' outputs in --work (the model and builds are reused when present)")
+    parser.add_argument("--max-live-parameters", type=float, default=1e8,
+                        help="ZeRO-3's stage3_max_live_parameters and stage3_max_reuse_distance for the training "
+                             "stages (the zero3 preset's 1e9 keeps up to 1e9 gathered elements alive on each rank: "
+                             "GPU-sized; 0 keeps the preset)")
     args = parser.parse_args()
     wanted = set(args.only.split(",")) if args.only else None
 
@@ -239,7 +262,7 @@ def main() -> int:
     common = {"model": model, "output_dir": runs, "method": "qlora", "dtype": "float32", "lora.r": 16,
               "optim.max_steps": 2, "optim.per_device_batch_size": 1, "optim.gradient_checkpointing": True,
               "optim.logging_steps": 1, "optim.warmup_steps": 0, "optim.lr": 1e-4,
-              "launch.accelerate_config": "zero3", "launch.num_processes": 2}
+              "launch.accelerate_config": zero3_config(work, args.max_live_parameters), "launch.num_processes": 2}
     sft = {**common, "name": "sft", "objective": "sft", "data.train": built["sft"]}
     dpo = {**common, "name": "dpo", "objective": "dpo", "data.train": built["dpo"], "dpo.start_adapter": runs / "sft"}
     threads = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // 2))}

@@ -102,3 +102,29 @@ def test_short_demo_end_to_end(tmp_path, tiny_base):
         assert before_after[name]["a"] == report["diagnostics"]["base"][name]
         assert before_after[name]["b"] == report["diagnostics"]["tuned"][name]
     assert "| truncated_rate |" in (out / "eval" / "before_after.md").read_text()
+    exports_carry_the_whole_chain(out)
+
+
+def exports_carry_the_whole_chain(out) -> None:
+    """Both exports list the tiny base's synthetic pre-training, the SFT data and the DPO pairs,
+    with the counts of their build reports (also run on a `qvq-tune demo` folder by hand)."""
+    from pathlib import Path
+
+    from huggingface_hub import ModelCard
+    out = Path(out)
+    reports = {split: json.loads((out / "data" / split / "report.json").read_text()) for split in ("train", "dpo_train")}
+    for export in ("merged", "vllm_adapter"):
+        doc = json.loads((out / "export" / export / "training_data.json").read_text())
+        base, sft, dpo = doc["stages"]
+        assert (base["name"], sft["objective"], dpo["objective"]) == ("tiny-qvq-base pre-training", "sft", "dpo")
+        (captions,) = base["datasets"]
+        assert captions["synthetic_share"] == 1.0 and captions["kept"] == base["samples"] > 0
+        for stage, split in ((sft, "train"), (dpo, "dpo_train")):
+            (data,) = stage["datasets"]
+            report = reports[split]
+            assert (data["records"], data["kept"], data["quarantined"], data["build_fingerprint"]) == \
+                (report["input_records"], report["kept"], report["quarantined"], report["fingerprint"]), split
+            assert data["quarantine_reasons"] == report["quarantine_reasons"] and data["synthetic_share"] == 1.0
+        assert dpo["starts_from"] == "the adapter of stage 2 (train)"
+        card = ModelCard.load(out / "export" / export / "README.md")
+        assert "### 2. List of data sources" in card.text and "tiny-qvq-base pre-training" in card.text

@@ -229,7 +229,9 @@ def test_run_export_reads_everything_from_the_run_folder(runs, built_train, tmp_
     assert report["run"] == str(runs["qlora"].run_dir) and report["proof"]["vs_4bit_base_plus_adapter"]
     card = (out / "README.md").read_text()
     assert "base_model_relation: merge" in card and "## Merge proof" in card and "| method | qlora |" in card
-    assert "datasets:\n- train.jsonl\n" in card
+    # a file name is no Hub dataset: the card's `datasets:` holds Hub ids only, its Training data the file
+    assert "\ndatasets:" not in card.split("\n---\n")[0] and "`train.jsonl`" in card.split("## Training data")[1]
+    assert (out / "training_data.json").is_file()
     assert json.loads((out / "export_report.json").read_text())["passed"] is True
 
 

@@ -135,6 +135,10 @@ CHECKS = [
     ("optim:\n  eval_steps: 5", "optim.eval_steps", 5),
     ("objective: dpo\nloss:\n  reasoning_weight: 0.5", "loss.reasoning_weight", 6),
     ("dpo:\n  start_adapter: runs/sft", "dpo.start_adapter", 5),
+    ("objective: grpo\noptim:\n  per_device_batch_size: 6", "optim.per_device_batch_size", 6),
+    ("grpo:\n  num_generations: 1", "grpo.num_generations", 5),
+    ("grpo:\n  rewards: [correct]\n  reward_weights: [1.0, 0.5]", "grpo.reward_weights", 6),
+    ("objective: grpo\nmethod: full\ngrpo:\n  beta: 0.1", "grpo.beta", 7),
 ]
 
 

@@ -221,10 +221,12 @@ def test_the_tiny_bases_pre_training_is_recorded_as_its_first_stage(tiny_model, 
     run_recipe = recipe.training_recipe(base, tmp_path / "d", tmp_path / "r").to_dict()
     (base / "pretrain" / "recipe.yaml").write_text(yaml.safe_dump(run_recipe))
     (base / "pretrain" / "train_report.json").write_text(json.dumps({"steps": 2, "samples": 6}))
+    files = sorted(p.name for p in base.iterdir())
     before = processor_hash(base)
-    record_pretraining(base, log=lambda m: None)
-    assert processor_hash(base) == before                  # datasets built with the base stay valid
-    (stage,) = json.loads((base / "training_data.json").read_text())["stages"]
+    record = record_pretraining(base, log=lambda m: None)
+    assert record == tmp_path / "base.training_data.json"  # beside the base: the folder stays as it was
+    assert sorted(p.name for p in base.iterdir()) == files and processor_hash(base) == before
+    (stage,) = json.loads(record.read_text())["stages"]
     assert (stage["name"], stage["objective"], stage["method"], stage["steps"]) == \
         ("tiny-qvq-base pre-training", "sft", "full", 2)
     (captions,) = stage["datasets"]
@@ -233,3 +235,19 @@ def test_the_tiny_bases_pre_training_is_recorded_as_its_first_stage(tiny_model, 
     assert captions["images"] == 6 and captions["image_tokens"] > 0
     stages, _ = inherited_stages({"name": "next"}, base)
     assert [s["name"] for s in stages] == ["tiny-qvq-base pre-training"]
+
+
+def test_sampled_pairs_are_summarised_as_synthetic_with_their_prompts_build(tiny_model, tmp_path):
+    """`data pairs` output (a report with pairs, no build provenance): synthetic pairs whose
+    prompts' licences come from the build they were sampled from."""
+    from qvq_tune.data.training_data import dataset_summary
+    prompts = _build(tiny_model, DIVINE, tmp_path / "prompts", data_name=DIVINE_HUB_ID)
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "report.json").write_text(json.dumps({
+        "prompts": 3, "prompts_with_pair": 2, "prompts_without_pair": {"all_right": 1, "all_wrong": 0}, "pairs": 2,
+        "fingerprint": "f" * 64, "settings": {"data": str(tmp_path / "prompts"), "samples": 4, "temperature": 0.7,
+                                              "pair_cut": "step"}}))
+    summary = dataset_summary(tmp_path / "pairs", "train")
+    assert (summary["records"], summary["kept"], summary["quarantined"], summary["synthetic_share"]) == (3, 2, 1, 1.0)
+    assert summary["quarantine_reasons"] == {"all_right": 1} and summary["licenses"] == ["apache-2.0"]
+    assert summary["prompts"]["build_fingerprint"] == prompts["fingerprint"]

@@ -261,6 +261,8 @@ def filters_applied(settings: dict, reasons: dict, truncated: int, duplicates_ke
                     "removed": reasons.get("too_long", 0)})
     if settings.get("truncate"):
         out.append({"filter": "--truncate", "changed": truncated})
+    if settings.get("pair_cut") not in (None, "none"):      # every pair cut where its replies first differ
+        out.append({"filter": f"--pair-cut {settings['pair_cut']}"})
     if settings.get("keep_duplicates"):
         out.append({"filter": "--keep-duplicates", "kept": duplicates_kept})
     else:

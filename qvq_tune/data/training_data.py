@@ -14,9 +14,11 @@
 `provenance.py`): counts, never a record's content; `folder` and each SOURCE's `path` are
 the only paths, relative (a folder's name, a file's name within the input), and
 `redact` drops them. A build made before provenance was recorded gives what its report
-knows and says so (`provenance: "not recorded"`). `run_folder.py` writes a run's
-document (its stage after the stages it inherits), the exports copy it and the CLI
-prints it; `read` accepts any folder holding one and checks its schema and version.
+knows and says so (`provenance: "not recorded"`); the pairs `qvq-tune data pairs` samples
+are synthetic by making, with the build their prompts came from as `prompts`.
+`run_folder.py` writes a run's document (its stage after the stages it inherits), the
+exports copy it and the CLI prints it; `read` accepts any folder holding one (or with its
+record beside it, `beside`) and checks its schema and version.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ SUMMED = ("records", "kept", "quarantined", "tokens", "vision_tokens", "image_to
           "videos")
 SOURCE_KEYS = ("path", "sha256", "bytes", "file_type", "record_formats", "records", "kept", "quarantined",
                "quarantine_reasons", "images", "videos", "tokens", "vision_tokens", "image_tokens", "video_tokens",
-               "reasoning_scripts", "synthetic", "synthetic_reason", "license", "license_from", "dataset_card", "card_name")
+               "reasoning_scripts", "synthetic", "synthetic_reason", "license", "license_from", "dataset_card",
+               "card_name")
 
 
 def dataset_summary(build_dir: str | Path, role: str) -> dict:
@@ -48,6 +51,8 @@ def dataset_summary(build_dir: str | Path, role: str) -> dict:
     if report is None:
         return {"role": role, "folder": name, "provenance": "not recorded (no report.json)"}
     prov = report.get("provenance")
+    if prov is None and "pairs" in report:
+        return _sampled_pairs(report, role, name)
     if prov is None:
         return {"role": role, "folder": name, "build_fingerprint": report.get("fingerprint"),
                 "records": report.get("input_records"), "kept": report.get("kept"),
@@ -70,6 +75,23 @@ def dataset_summary(build_dir: str | Path, role: str) -> dict:
     return out
 
 
+def _sampled_pairs(report: dict, role: str, name: str) -> dict:
+    """Pairs of a model's own sampled replies (`qvq-tune data pairs`): synthetic by making;
+    their prompts' data is the build they were sampled from (`prompts`)."""
+    settings = report.get("settings", {})
+    without = {k: v for k, v in (report.get("prompts_without_pair") or {}).items() if v}
+    prompts = dataset_summary(settings["data"], "prompts") if settings.get("data") else None
+    return {"role": role, "folder": name, "name": None, "hub_id": None, "build_fingerprint": report.get("fingerprint"),
+            "records": report.get("prompts"), "kept": report.get("pairs"), "quarantined": sum(without.values()),
+            "quarantine_reasons": dict(sorted(without.items())),
+            "licenses": (prompts or {}).get("licenses") or ["unknown"], "synthetic_records": report.get("pairs"),
+            "synthetic_share": 1.0 if report.get("pairs") else 0.0,
+            "filters": [{"filter": f"data pairs: {settings.get('samples')} sampled replies per prompt at temperature "
+                                   f"{settings.get('temperature')}, --pair-cut {settings.get('pair_cut')}"}],
+            "generated": "replies sampled from the model being trained, scored and paired (qvq-tune data pairs)",
+            "prompts": prompts, "sources": []}
+
+
 def stage_fingerprint(datasets: list[dict]) -> str | None:
     """One hash of a stage's datasets' build fingerprints (None when none is known)."""
     prints = [d.get("build_fingerprint") for d in datasets]
@@ -84,14 +106,24 @@ def document(stages: list[dict]) -> dict:
             "stages": [{**s, "stage": n} for n, s in enumerate(stages, 1)]}
 
 
+def beside(folder: str | Path) -> Path:
+    """Where the record of a folder that must not change (the cached tiny base, which runs in
+    flight read) lies: `NAME.training_data.json` next to it."""
+    folder = Path(folder)
+    return folder.with_name(f"{folder.name}.{FILE}")
+
+
 def find(folder: str | Path) -> Path | None:
-    path = Path(folder) / FILE
-    return path if path.is_file() else None
+    """A folder's training-data document: inside it, else beside it (`beside`), or None."""
+    for path in (Path(folder) / FILE, beside(folder)):
+        if path.is_file():
+            return path
+    return None
 
 
 def read(folder: str | Path) -> dict:
-    """The training-data document in `folder` (a run, an export, a base model), checked."""
-    path = Path(folder) / FILE if Path(folder).is_dir() else Path(folder)
+    """The training-data document of `folder` (a run, an export, a base model; or the file), checked."""
+    path = (find(folder) or Path(folder) / FILE) if Path(folder).is_dir() else Path(folder)
     if not path.is_file():
         raise UserError(f"no {FILE} here: give a run folder (runs/NAME) or an export folder made by this "
                         "qvq-tune", path=str(folder))

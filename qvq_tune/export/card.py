@@ -132,9 +132,12 @@ def training_data_section(doc: dict) -> str:
     lines += ["", "### 2. List of data sources", ""]
     groups: dict[str, list[str]] = {title: [] for title in SOURCE_GROUPS}
     for s, d in every:
-        for src in d.get("sources", []):
-            groups[_source_group(src)].append(f"- stage {s['stage']} {d['role']}, {_dataset_label(d, brief=True)}: "
-                                              + _source_text(src))
+        if d.get("generated"):
+            groups[SOURCE_GROUPS[1]].append(f"- stage {s['stage']} {d['role']}, {_dataset_label(d)}: {d['generated']}")
+        for p in [d] + ([d["prompts"]] if d.get("prompts") else []):
+            for src in p.get("sources", []):
+                groups[_source_group(src)].append(f"- stage {s['stage']} {p['role']}, {_dataset_label(p, brief=True)}: "
+                                                  + _source_text(src))
     for s in stages:
         if s.get("provenance"):
             groups[SOURCE_GROUPS[-1]].append(f"- stage {s['stage']} ({s.get('name')}): {s['provenance']}")

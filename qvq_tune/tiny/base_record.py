@@ -1,14 +1,15 @@
 """The tiny base's training-data record: its pre-training on synthetic captions, as a stage.
 
-`record_pretraining(base)` writes `base/training_data.json` once (`data/training_data.py`),
-so every run on the base, and every export of one, lists the pre-training first. The
+`record_pretraining(base)` writes the record once beside the cached base
+(`tiny-qvq-base-HASH.training_data.json`, `data/training_data.beside`: the base folder
+itself never changes once built, since runs in flight hash and read it), so every run on
+the base, and every export of one, lists the pre-training first. The
 caption set is seeded (`write_captions(..., f"{seed}:pretrain")`), so it is written again
 exactly as the pre-training wrote it and built with the base's own processor and
 template (the same files the pre-training built with), and summarised like any dataset;
 the stage's objective, method and steps come from the recipe and train report the base
-keeps in `pretrain/`. The record is not part of the base's fingerprint (a cached base
-gains it without being rebuilt) nor of its processor hash (`data/fingerprint.py`), so
-datasets built with the base stay valid.
+keeps in `pretrain/`. The record is not part of the base's fingerprint, so a cached
+base gains it without being rebuilt.
 """
 
 from __future__ import annotations
@@ -20,18 +21,19 @@ from pathlib import Path
 import yaml
 
 from ..data.build import BuildConfig, build
-from ..data.training_data import dataset_summary, document, stage_fingerprint
+from ..data.training_data import beside, dataset_summary, document, find, stage_fingerprint
 from ..paths import cache_dir, write_json_atomic
-from ..run_folder import RECIPE, TRAIN_REPORT, TRAINING_DATA
+from ..run_folder import RECIPE, TRAIN_REPORT
 from ..synth.captions import write_captions
 from .pretrain import BASE_NAME, REPORT_FILE, BaseRecipe
 
 
 def record_pretraining(base: Path, *, log=print) -> Path:
-    """`base/training_data.json` (written when missing): the pre-training stage of the tiny base."""
-    path = Path(base) / TRAINING_DATA
-    if path.is_file():
-        return path
+    """The base's training-data record (written beside it when missing): its pre-training stage."""
+    found = find(base)
+    if found is not None:
+        return found
+    path = beside(base)
     recipe = BaseRecipe(**{k: v for k, v in json.loads((base / REPORT_FILE).read_text())["recipe"].items()
                            if k != "spec"})
     log(f"recording the tiny base's pre-training data (once) in {path}")

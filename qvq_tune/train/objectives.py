@@ -14,7 +14,7 @@ the objective reads -> model (+ LoRA, seeded; from the section's `start_adapter`
 has one) -> the objective's trainer -> train (or resume) -> adapter and report.
 
 A new objective touches three files: `train/<name>.py` (this record and its trainer),
-`train/config.py` (its section dataclass and its `SECTION_OF` line) and its recipe.
+`recipe.py` (its section dataclass and its `SECTION_OF` line) and its recipe.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class Setup:
     model: Any
     train: Any                         # datasets.Dataset of the objective's data kind
     eval: Any                          # the same for data.eval, or None
+    rss_before_model_mib: float = 0.0  # the runtime's own footprint (planner baseline)
 
     @property
     def section(self):
@@ -91,30 +92,40 @@ def section_start_adapter(recipe: Recipe) -> str | None:
     return start_adapter(getattr(recipe.section(), "start_adapter", None))
 
 
-def run_objective(recipe: Recipe, run: RunFolder, resume_from: str | None = None) -> dict:
-    """Train `recipe.objective` in this process (one rank of a launch); returns the report on rank 0."""
+def setup(recipe: Recipe, run: RunFolder) -> Setup:
+    """The shared set-up: processor (with the dataset's settings), the data the objective
+    reads, the model (+ LoRA, seeded; from the section's `start_adapter` when set)."""
     from ..data.dataset import load_samples
     from ..models.detect import detect
     from ..models.loading import load_processor
     from ..models.registry import get_family
     from .callbacks import peak_memory_mib
     from .mixed_batches import keep_vision_tower_in_step
-    from .model_setup import build_model, keep_trainable_dtype
+    from .model_setup import build_model
+
+    objective = get(recipe.objective)
+    family = get_family(detect(recipe.model).family)
+    processor = load_processor(recipe.model, **run.processor_settings())
+    train_ds = load_samples(recipe.data.train, objective.reads)
+    eval_ds = load_samples(recipe.data.eval, objective.reads) if recipe.data.eval else None
+    before_model = peak_memory_mib()["peak_rss_mib"]
+    model = build_model(recipe, family, recipe.model, adapter=section_start_adapter(recipe))
+    keep_vision_tower_in_step(model, family)
+    return Setup(recipe, run, family, processor, model, train_ds, eval_ds, before_model)
+
+
+def run_objective(recipe: Recipe, run: RunFolder, resume_from: str | None = None) -> dict:
+    """Train `recipe.objective` in this process (one rank of a launch); returns the report on rank 0."""
+    from .model_setup import keep_trainable_dtype
     from .report import finish
     from .trainer_args import attach
 
     objective = get(recipe.objective)
     started = time.time()
-    family = get_family(detect(recipe.model).family)
-    processor = load_processor(recipe.model, **run.processor_settings())
-    train_ds = load_samples(recipe.data.train, objective.reads)
-    eval_ds = load_samples(recipe.data.eval, objective.reads) if recipe.data.eval else None
-    before_model = peak_memory_mib()["peak_rss_mib"]     # the runtime's own footprint (planner baseline)
-    model = build_model(recipe, family, recipe.model, adapter=section_start_adapter(recipe))
-    keep_vision_tower_in_step(model, family)
-    trainer, callbacks = objective.trainer(Setup(recipe, run, family, processor, model, train_ds, eval_ds))
+    shared = setup(recipe, run)
+    trainer, callbacks = objective.trainer(shared)
     keep_trainable_dtype(trainer.model, recipe.dtype)
-    attach(trainer, run, recipe, family, *callbacks)
+    attach(trainer, run, recipe, shared.family, *callbacks)
     result = trainer.train(resume_from_checkpoint=resume_from)
-    return finish(trainer, result, recipe, run, processor, objective, samples=len(train_ds), started=started,
-                  resumed_from=resume_from, rss_before_model_mib=before_model)
+    return finish(trainer, result, recipe, run, shared.processor, objective, samples=len(shared.train),
+                  started=started, resumed_from=resume_from, rss_before_model_mib=shared.rss_before_model_mib)

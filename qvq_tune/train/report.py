@@ -55,7 +55,9 @@ def write_report(trainer, result, recipe: Recipe, run: RunFolder, objective, *, 
         **trainable_summary(trainer.model), **peak_memory_mib(), "rss_before_model_mib": rss_before_model_mib,
         "zero3_partition": zero3,
     }
-    for key in objective.report_keys:
+    logged = sorted({k for r in rows for k in r})
+    for key in [k for prefix in objective.report_keys for k in logged
+                if k == prefix or prefix.endswith("/") and k.startswith(prefix)]:
         values = _series(rows, key)
         if values:
             name = key.replace("/", "_")

@@ -106,16 +106,22 @@ def _check_tool(tool, field: str) -> dict:
     return tool if "function" in tool else {"type": "function", "function": tool}
 
 
+def _decoded(value, field: str, code: str):
+    """A JSON string's value (other values as they are); `code` when it is not JSON."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise tool_error(code, f"field '{field}' is not valid JSON ({exc.msg})", field) from None
+
+
 def read_tools(value, field: str = "tools") -> list[dict]:
     """A record's tool list (a JSON string or a list; absent, "" or "[]" is none), each tool
     checked and wrapped as OpenAI does."""
     if value is None or value == "":
         return []
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise tool_error("bad_tool_schema", f"field '{field}' is not valid JSON ({exc.msg})", field) from None
+    value = _decoded(value, field, "bad_tool_schema")
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list):
@@ -130,12 +136,8 @@ def _one_call(call, field: str) -> ToolCall:
         raise tool_error("tool_call_not_json", f"field '{field}' must be a tool call "
                          '{"name": ..., "arguments": {...}}', field)
     args = call.get("arguments", call.get("parameters", {}))
-    if isinstance(args, str):
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError as exc:
-            raise tool_error("tool_call_not_json", f"field '{field}.arguments' is not JSON ({exc.msg})",
-                             f"{field}.arguments") from None
+    args = {} if isinstance(args, str) and not args.strip() else _decoded(args, f"{field}.arguments",
+                                                                        "tool_call_not_json")
     if not isinstance(args, dict):
         raise tool_error("tool_call_not_json", f"field '{field}.arguments' must be a JSON object",
                          f"{field}.arguments")
@@ -144,11 +146,7 @@ def _one_call(call, field: str) -> ToolCall:
 
 def read_calls(value, field: str) -> list[ToolCall]:
     """One call or a list of calls, as objects or a JSON string."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise tool_error("tool_call_not_json", f"field '{field}' is not JSON ({exc.msg})", field) from None
+    value = _decoded(value, field, "tool_call_not_json")
     if isinstance(value, list):
         if not value:
             raise tool_error("tool_call_not_json", f"field '{field}' is an empty list of calls", field)

@@ -133,10 +133,16 @@ def test_a_step_on_mixed_prompt_lengths_scores_each_completion_as_alone(tmp_path
 
 def test_the_comparison_catches_image_positions_padded_on_the_other_side(tmp_path, tiny_model, varied):
     """The same comparison with the processor padding on the right (text ids left-padded by
-    TRL, `mm_token_type_ids` right-padded by the processor: TRL #5785) finds a gap."""
+    TRL, `mm_token_type_ids` right-padded by the processor: TRL #5785) finds a gap, or the
+    model refuses the misaligned image positions outright (which batch lengths decide)."""
     trainer, shared = _trainer(_grpo_recipe(tmp_path, tiny_model("qwen2_vl"), varied))
     trainer.processing_class.tokenizer.padding_side = "right"
-    assert _batch_vs_alone(trainer, shared) > 1e-2
+    try:
+        gap = _batch_vs_alone(trainer, shared)
+    except RuntimeError as exc:
+        assert "shape mismatch" in str(exc)
+        return
+    assert gap > 1e-2
 
 
 @pytest.fixture(scope="module")

@@ -88,3 +88,35 @@ def test_two_process_launch_on_cpu(preset, tmp_path, tiny_model, built_train):
     adapter = load_file(recipe.run_dir / "adapter" / "adapter_model.safetensors")
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
     assert report["train_loss_last"] < report["train_loss_first"]
+
+
+@pytest.mark.parametrize("method, vision_lora", [("qlora", False), ("lora", False), ("lora", True)])
+def test_a_frozen_vision_tower_is_kept_out_of_the_backward(method, vision_lora, tmp_path, tiny_model, built_train):
+    """With gradient checkpointing, transformers hooks every sub-model's input embeddings to
+    require grad, the vision tower's patch embedding too: backward then ran through (and
+    re-ran) the whole frozen tower. Frozen, the tower's output needs no grad and the LoRA
+    weights still get theirs; with LoRA on the tower, the hook (and its gradient) stays."""
+    from qvq_tune.data.collate import VisionCollator
+    from qvq_tune.data.dataset import load_samples
+    from qvq_tune.models.loading import load_processor
+    from qvq_tune.models.registry import get_family
+    from qvq_tune.train.model_setup import build_model
+    base = tiny_model("qwen2_vl")
+    recipe = _recipe(tmp_path, base, built_train["train"], method=method,
+                     **{"optim.gradient_checkpointing": True, "lora.vision": vision_lora})
+    family = get_family("qwen2_vl")
+    model = build_model(recipe, family, str(base))
+    model.enable_input_require_grads()            # as TRL's trainer does after the set-up
+    model.train()
+    hf = model.get_base_model()
+    seen = {}
+    hf.model.visual.register_forward_hook(lambda m, i, out: seen.update(
+        vision=(out.pooler_output if hasattr(out, "pooler_output") else out[0]).requires_grad))
+    batch = VisionCollator(load_processor(base))([load_samples(built_train["train"])[i] for i in range(2)])
+    hf.config.use_cache = False
+    model(**batch).loss.backward()
+    assert seen["vision"] is vision_lora
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n and "visual" not in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+    if vision_lora:
+        assert all(p.grad is not None for n, p in model.named_parameters() if "lora_B" in n and "visual" in n)

@@ -251,3 +251,29 @@ def test_sampled_pairs_are_summarised_as_synthetic_with_their_prompts_build(tiny
     assert (summary["records"], summary["kept"], summary["quarantined"], summary["synthetic_share"]) == (3, 2, 1, 1.0)
     assert summary["quarantine_reasons"] == {"all_right": 1} and summary["licenses"] == ["apache-2.0"]
     assert summary["prompts"]["build_fingerprint"] == prompts["fingerprint"]
+
+
+def test_a_base_that_kept_its_caption_summary_is_recorded_without_a_rebuild(tiny_model, tmp_path, monkeypatch):
+    """A base built by today's `tiny/pretrain.py` keeps its caption build's summary in
+    pretrain/: the record takes it as it is, and builds nothing."""
+    import yaml
+
+    from qvq_tune.tiny import base_record
+    from qvq_tune.tiny.pretrain import CAPTIONS_SUMMARY, REPORT_FILE, BaseRecipe
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model("qwen2_vl"), base)
+    recipe = BaseRecipe(steps=2, batch_size=3)
+    (base / REPORT_FILE).write_text(json.dumps({"recipe": {"steps": 2, "batch_size": 3, "seed": 0, "spec": {}}}))
+    (base / "pretrain").mkdir()
+    (base / "pretrain" / "recipe.yaml").write_text(
+        yaml.safe_dump(recipe.training_recipe(base, tmp_path / "d", tmp_path / "r").to_dict()))
+    (base / "pretrain" / "train_report.json").write_text(json.dumps({"steps": 2, "samples": 6}))
+    kept = {"role": "train", "folder": "pretrain-captions", "records": 6, "kept": 6, "synthetic_share": 1.0}
+    (base / "pretrain" / CAPTIONS_SUMMARY).write_text(json.dumps(kept))
+
+    def no_build(*a, **k):
+        raise AssertionError("the caption summary was kept: nothing to build")
+    monkeypatch.setattr(base_record, "build", no_build)
+    record = base_record.record_pretraining(base, log=lambda m: None)
+    (stage,) = json.loads(record.read_text())["stages"]
+    assert stage["datasets"] == [kept] and stage["steps"] == 2

@@ -6,7 +6,8 @@ itself never changes once built, since runs in flight hash and read it), so ever
 the base, and every export of one, lists the pre-training first. The
 caption set is seeded (`write_captions(..., f"{seed}:pretrain")`), so it is written again
 exactly as the pre-training wrote it and built with the base's own processor and
-template (the same files the pre-training built with), and summarised like any dataset;
+template (the same files the pre-training built with), and summarised like any dataset
+(a base built since keeps that summary in `pretrain/`, so nothing is rebuilt);
 the stage's objective, method and steps come from the recipe and train report the base
 keeps in `pretrain/`. The record is not part of the base's fingerprint, so a cached
 base gains it without being rebuilt.
@@ -25,7 +26,7 @@ from ..data.training_data import beside, dataset_summary, document, find, stage_
 from ..paths import cache_dir, write_json_atomic
 from ..run_folder import RECIPE, TRAIN_REPORT
 from ..synth.captions import write_captions
-from .pretrain import BASE_NAME, REPORT_FILE, BaseRecipe
+from .pretrain import BASE_NAME, CAPTIONS_SUMMARY, REPORT_FILE, BaseRecipe
 
 
 def record_pretraining(base: Path, *, log=print) -> Path:
@@ -36,12 +37,17 @@ def record_pretraining(base: Path, *, log=print) -> Path:
     path = beside(base)
     recipe = BaseRecipe(**{k: v for k, v in json.loads((base / REPORT_FILE).read_text())["recipe"].items()
                            if k != "spec"})
-    log(f"recording the tiny base's pre-training data (once) in {path}")
-    with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".record-") as work:
-        captions = write_captions(Path(work) / "captions", recipe.steps * recipe.batch_size, f"{recipe.seed}:pretrain")
-        build(BuildConfig(input=str(captions), model=str(base), out=str(Path(work) / "pretrain-captions"),
-                          reasoning="answer-only", reuse=False))
-        datasets = [dataset_summary(Path(work) / "pretrain-captions", "train")]
+    kept = base / "pretrain" / CAPTIONS_SUMMARY
+    if kept.is_file():
+        datasets = [json.loads(kept.read_text(encoding="utf-8"))]
+    else:                                  # a base built before it kept the summary
+        log(f"recording the tiny base's pre-training data (once) in {path}")
+        with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".record-") as work:
+            captions = write_captions(Path(work) / "captions", recipe.steps * recipe.batch_size,
+                                      f"{recipe.seed}:pretrain")
+            build(BuildConfig(input=str(captions), model=str(base), out=str(Path(work) / "pretrain-captions"),
+                              reasoning="answer-only", reuse=False))
+            datasets = [dataset_summary(Path(work) / "pretrain-captions", "train")]
     run_recipe = yaml.safe_load((base / "pretrain" / RECIPE).read_text(encoding="utf-8"))
     report = json.loads((base / "pretrain" / TRAIN_REPORT).read_text(encoding="utf-8"))
     stage = {"name": f"{BASE_NAME} pre-training", "objective": run_recipe.get("objective"),

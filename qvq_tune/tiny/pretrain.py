@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..data.build import BuildConfig, build
+from ..data.training_data import dataset_summary
 from ..eval.evaluate import EvalOptions, load_for_eval, score_dataset
 from ..models.tiny_shapes import TinySpec
 from ..paths import atomic_dir, cache_dir, write_json_atomic
@@ -36,6 +37,7 @@ from .zoo import QVQ_TEMPLATE, build_tiny
 
 BASE_NAME = "tiny-qvq-base"
 REPORT_FILE = "pretrain_report.json"
+CAPTIONS_SUMMARY = "captions_summary.json"   # in pretrain/: the caption build's training-data summary
 CHECKED_KINDS = ("colour", "shape", "count")
 CHANCE = {"colour": 1 / 6, "shape": 1 / 3, "count": 1 / 4}
 
@@ -105,9 +107,10 @@ def pretrain(recipe: BaseRecipe, out: Path, *, log=print) -> dict:
         init = build_tiny(recipe.family, work / "init", spec=recipe.spec, seed=recipe.seed,
                           checkpoint=f"qvq-tune/{BASE_NAME}")
         captions = write_captions(work / "captions", recipe.steps * recipe.batch_size, f"{recipe.seed}:pretrain")
-        build(BuildConfig(input=str(captions), model=str(init), out=str(work / "built"),
+        build(BuildConfig(input=str(captions), model=str(init), out=str(work / "pretrain-captions"),
                           reasoning="answer-only", reuse=False))
-        sft = recipe.training_recipe(init, work / "built", work / "runs")
+        captions_summary = dataset_summary(work / "pretrain-captions", "train")   # the base's training-data record
+        sft = recipe.training_recipe(init, work / "pretrain-captions", work / "runs")
         report = train(sft, in_process=True)
         trained = sft.run_dir / ADAPTER_DIR
         shutil.copytree(init, out, dirs_exist_ok=True)        # tokenizer, processor, identity
@@ -117,6 +120,7 @@ def pretrain(recipe: BaseRecipe, out: Path, *, log=print) -> dict:
         (out / "pretrain").mkdir()
         for name in (RECIPE, METRICS, TRAIN_REPORT):
             shutil.copy2(sft.run_dir / name, out / "pretrain" / name)
+        write_json_atomic(out / "pretrain" / CAPTIONS_SUMMARY, captions_summary)
         accuracy = caption_accuracy(out, recipe.eval_per_kind, f"{recipe.seed}:eval", work / "eval")
     result = {"name": BASE_NAME, "recipe": asdict(recipe), "fingerprint": recipe.fingerprint(),
               "train_seconds": report["wall_seconds"], "steps": report["steps"],

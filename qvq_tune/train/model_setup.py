@@ -71,8 +71,44 @@ def build_model(recipe: Recipe, family: ModelFamily, model_dir: str, *, adapter:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
         model.enable_input_require_grads()
     if adapter is not None:
-        return PeftModel.from_pretrained(model, adapter, is_trainable=True)
-    return get_peft_model(model, lora_config(recipe, family))
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    else:
+        model = get_peft_model(model, lora_config(recipe, family))
+    keep_frozen_vision_out_of_backward(model, family)
+    return model
+
+
+def _not_an_input_embedding():
+    raise NotImplementedError("a frozen vision tower: its patch embedding is no input to train through")
+
+
+def keep_frozen_vision_out_of_backward(model, family: ModelFamily) -> bool:
+    """With nothing trainable in the vision tower (merger included), no gradient need flow
+    through it. transformers' `enable_input_require_grads` (which PEFT's k-bit preparation and
+    TRL's trainers call for gradient checkpointing) hooks every sub-model's input embeddings,
+    the vision tower's patch embedding among them, so every step backpropagated through (and,
+    checkpointed, re-ran) the whole frozen tower; under ZeRO-3 it also gathered its weights
+    again for that backward. The tower then answers `get_input_embeddings` with
+    NotImplementedError, which transformers skips, and the hooks already on it are removed.
+    Returns whether the tower was kept out."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    tower_prefixes = (*family.vision_prefixes, *family.merger_prefixes)
+    if any(p.requires_grad for n, p in base.named_parameters() if n.startswith(tower_prefixes)):
+        return False
+    towers = {name.rsplit(".", 1)[0] for name in family.vision_prefixes if "." in name}
+    for name in towers:
+        tower = base.get_submodule(name)
+        try:
+            embedding = tower.get_input_embeddings()
+        except (AttributeError, NotImplementedError):
+            continue
+        tower.get_input_embeddings = _not_an_input_embedding
+        # each enable_input_require_grads call adds a hook and keeps only the last call's
+        # handles, so the hooks already there are found on the module itself
+        for key, hook in list(embedding._forward_hooks.items()):
+            if getattr(hook, "__name__", "") == "make_inputs_require_grads":
+                del embedding._forward_hooks[key]
+    return True
 
 
 def optimizer_groups(model, recipe: Recipe, family: ModelFamily) -> list[dict] | None:

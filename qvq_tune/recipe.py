@@ -459,13 +459,18 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
         mark = getattr(exc, "problem_mark", None)
         raise UserError(f"not valid YAML: {getattr(exc, 'problem', exc)}", path=str(path),
                         line=mark.line + 1 if mark else None) from None
+    return recipe_from_dict(apply_overrides(data, overrides), where=str(path), lines=key_lines(text))
+
+
+def apply_overrides(data: dict, overrides: dict | None) -> dict:
+    """Set dotted keys ({"optim.lr": 1e-4}) in a recipe's raw mapping, in place; returns it."""
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return recipe_from_dict(data, where=str(path), lines=key_lines(text))
+    return data
 
 
 def key_lines(text: str) -> dict[str, int]:

@@ -20,19 +20,13 @@ from pathlib import Path
 
 
 def _recipe(out: Path, name: str, data: Path, base: Path, **over):
-    from qvq_tune.recipe import recipe_from_dict
+    from qvq_tune.recipe import apply_overrides, recipe_from_dict
     body = {"name": name, "model": str(base), "method": "lora", "dtype": "float32", "output_dir": str(out / "runs"),
             "data": {"train": str(data)}, "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
             "optim": {"per_device_batch_size": 16, "lr": 0.002, "warmup_steps": 30, "scheduler": "cosine",
                       "logging_steps": 10, "seed": 0},
             "launch": {"accelerate_config": "single", "num_processes": 1}, "report_to": "none"}
-    for key, value in over.items():
-        node = body
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return recipe_from_dict(body)
+    return recipe_from_dict(apply_overrides(body, over))
 
 
 def _eval(base: Path, adapter: Path | None, data: Path, out: Path, max_new_tokens: int) -> dict:

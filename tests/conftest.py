@@ -131,16 +131,10 @@ def built_train(tiny_model, tmp_path_factory):
 
 def make_recipe(tmp_path, model, data, *, steps: int = 4, batch: int = 4, **over):
     """A small SFT recipe on `data`; `over` sets dotted keys (`**{"optim.lr": 0.001}`)."""
-    from qvq_tune.recipe import recipe_from_dict
+    from qvq_tune.recipe import apply_overrides, recipe_from_dict
 
     base = {"name": "t", "model": str(model), "method": "qlora", "output_dir": str(tmp_path),
             "data": {"train": str(data)},
             "optim": {"max_steps": steps, "per_device_batch_size": batch, "lr": 0.005, "warmup_steps": 1,
                       "logging_steps": 1}}
-    for key, value in over.items():
-        node = base
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return recipe_from_dict(base)
+    return recipe_from_dict(apply_overrides(base, over))

@@ -90,24 +90,21 @@ def keep_frozen_vision_out_of_backward(model, family: ModelFamily) -> bool:
     checkpointed, re-ran) the whole frozen tower; under ZeRO-3 it also gathered its weights
     again for that backward. The tower then answers `get_input_embeddings` with
     NotImplementedError, which transformers skips, and the hooks already on it are removed.
-    Returns whether the tower was kept out."""
+    Returns whether the tower stays out of the backward."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    tower_prefixes = (*family.vision_prefixes, *family.merger_prefixes)
-    if any(p.requires_grad for n, p in base.named_parameters() if n.startswith(tower_prefixes)):
+    if any(p.requires_grad and family.part_of(n) != "language_model" for n, p in base.named_parameters()):
         return False
-    towers = {name.rsplit(".", 1)[0] for name in family.vision_prefixes if "." in name}
-    for name in towers:
-        tower = base.get_submodule(name)
-        try:
-            embedding = tower.get_input_embeddings()
-        except (AttributeError, NotImplementedError):
-            continue
-        tower.get_input_embeddings = _not_an_input_embedding
-        # each enable_input_require_grads call adds a hook and keeps only the last call's
-        # handles, so the hooks already there are found on the module itself
-        for key, hook in list(embedding._forward_hooks.items()):
-            if getattr(hook, "__name__", "") == "make_inputs_require_grads":
-                del embedding._forward_hooks[key]
+    tower = base.get_submodule(family.vision_tower_prefix)
+    try:
+        embedding = tower.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return True                    # no input embedding: transformers never hooks it
+    tower.get_input_embeddings = _not_an_input_embedding
+    # each enable_input_require_grads call adds a hook and keeps only the last call's
+    # handles, so the hooks already there are found on the module itself
+    for key, hook in list(embedding._forward_hooks.items()):
+        if getattr(hook, "__name__", "") == "make_inputs_require_grads":
+            del embedding._forward_hooks[key]
     return True
 
 

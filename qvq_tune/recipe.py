@@ -244,6 +244,7 @@ class GrpoConfig:
 @dataclass
 class KernelConfig:
     liger: bool = False                   # Liger's fused RMSNorm / LayerNorm / SwiGLU / M-RoPE (GPU)
+    patch_embed_matmul: bool = True       # the vision patch embedding (a Conv3d) as one matmul
 
 
 @dataclass

@@ -57,6 +57,9 @@ def build_model(recipe: Recipe, family: ModelFamily, model_dir: str, *, adapter:
     quantized = loading["load_in_4bit"]
     model = load_model(model_dir, **loading)
     model.config.use_cache = False
+    if recipe.kernels.patch_embed_matmul:
+        from .kernels import patch_embed_as_matmul
+        patch_embed_as_matmul(model)     # before PEFT, so a LoRA-wrapped patch embedding keeps it
     checkpointing = {"use_reentrant": False}
     if recipe.method == "full":
         freeze_prefixes(model, frozen_prefixes(recipe, family))

@@ -185,11 +185,30 @@ def planner_check(model: Path, report: dict, batch: int, seq_len: int, method: s
 
 
 # ---- the runs --------------------------------------------------------------------------------
+# ZeRO-3 against ms-swift: at least this many steps (its first steps carry one-time costs, DeepSpeed's
+# trace and the allocator's first passes), each side twice, in the order A B B A, so a machine whose
+# load drifts during the comparison weighs on both sides alike.
+ZERO3_MIN_STEPS = 40
+ZERO3_ORDER = ("ms_swift", "qvq_tune", "qvq_tune", "ms_swift")
+
+
+def pooled(reports: list[dict]) -> dict:
+    """One side's repeated runs as one: tokens over training time summed, the highest peak memory,
+    and each run's own tokens/s."""
+    tokens = sum(r["num_tokens"] for r in reports)
+    seconds = sum(r["train_runtime_s"] for r in reports)
+    return {**reports[-1], "num_tokens": tokens, "train_runtime_s": round(seconds, 3),
+            "tokens_per_s_measured": round(tokens / seconds, 1),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in reports),
+            "runs_tokens_per_s": [r["tokens_per_s_measured"] for r in reports]}
+
+
 def peer_ms_swift(args, work: Path) -> dict:
     """qvq-tune against ms-swift on the same records (identical input ids checked), LoRA r16 fp32
     (QLoRA NF4 for the last pair), batch 8, the same steps: padded single process; spread-length
     traces, our packing against its best (padding-free where it runs, else padded); 2-process
-    ZeRO-3 with the same DeepSpeed JSON (the `zero3` preset's) on both sides; QLoRA single process."""
+    ZeRO-3 with the same DeepSpeed JSON (the `zero3` preset's) on both sides (at least 40 steps, each side
+    twice, A B B A); QLoRA single process."""
     from bench_peers import PeerUnavailable, ms_swift, ms_swift_python, write_records
 
     from qvq_tune import presets
@@ -237,13 +256,21 @@ def peer_ms_swift(args, work: Path) -> dict:
     results["packed_vs_best"] = {**side_by_side(f"spread traces, our packing vs its {how}", mine, theirs,
                                                 "ms_swift"), "ms_swift_mode": how}
 
-    say("ms-swift 3/4 2-process ZeRO-3, the same DeepSpeed JSON")
-    theirs = ms_swift(python, peer, "swift-zero3", model, data, None, steps=steps // 2, batch=8, processes=2,
-                      deepspeed=zero3_json)
-    mine = ours(work, "ours-zero3-lora", model, work / "built-train", steps=steps // 2, batch=8, processes=2,
-                preset="zero3", method="lora")
+    zero3_steps = max(ZERO3_MIN_STEPS, steps // 2)
+    say(f"ms-swift 3/4 2-process ZeRO-3, the same DeepSpeed JSON ({zero3_steps} steps, runs in the order "
+        f"{' '.join(ZERO3_ORDER)})")
+    runs: dict[str, list[dict]] = {"ms_swift": [], "qvq_tune": []}
+    for i, side in enumerate(ZERO3_ORDER):
+        if side == "ms_swift":
+            runs[side].append(ms_swift(python, peer, f"swift-zero3-{i}", model, data, None, steps=zero3_steps,
+                                       batch=8, processes=2, deepspeed=zero3_json))
+        else:
+            runs[side].append(ours(work, f"ours-zero3-lora-{i}", model, work / "built-train", steps=zero3_steps,
+                                   batch=8, processes=2, preset="zero3", method="lora"))
+    mine, theirs = pooled(runs["qvq_tune"]), pooled(runs["ms_swift"])
     results["zero3"] = side_by_side("2-process ZeRO-3 (same JSON)", mine, theirs, "ms_swift")
-    results["zero3"]["qvq_tune_partition"] = mine.get("zero3_partition")
+    results["zero3"].update(steps=zero3_steps, order=list(ZERO3_ORDER),
+                            qvq_tune_partition=runs["qvq_tune"][-1].get("zero3_partition"))
 
     say("ms-swift 4/4 QLoRA NF4, one process")
     theirs = ms_swift(python, peer, "swift-qlora", model, data, None, steps=steps, batch=8, processes=1, qlora=True)

@@ -144,13 +144,24 @@ def trl(work: Path, name: str, model: Path, task: Path, *, steps: int, batch: in
     return result
 
 
+def tokens_per_cpu_s(report: dict) -> float | None:
+    """Non-padding tokens per CPU second of all ranks in training: on a machine shared with other
+    jobs, less sensitive to their load than tokens per wall second."""
+    cpu = report.get("train_cpu_seconds")
+    return round(report["num_tokens"] / cpu, 1) if cpu else None
+
+
 def side_by_side(label: str, a: dict, b: dict, peer: str = "trl") -> dict:
     ratio = round(a["tokens_per_s_measured"] / b["tokens_per_s_measured"], 2)
     memory = round(a["peak_rss_mib"] / b["peak_rss_mib"], 2)
+    per_cpu = (tokens_per_cpu_s(a), tokens_per_cpu_s(b))
+    cpu_ratio = round(per_cpu[0] / per_cpu[1], 2) if all(per_cpu) else None
     say(f"{label}: qvq-tune {a['tokens_per_s_measured']:.0f} tok/s, {a['peak_rss_mib']:.0f} MiB | "
         f"{'plain TRL' if peer == 'trl' else peer} {b['tokens_per_s_measured']:.0f} tok/s, {b['peak_rss_mib']:.0f} MiB "
-        f"-> {ratio}x speed, {memory}x memory")
-    return {"qvq_tune": a, peer: b, "tokens_per_s_ratio": ratio, "peak_memory_ratio": memory}
+        f"-> {ratio}x speed, {memory}x memory"
+        + (f"; per CPU second {per_cpu[0]:.0f} vs {per_cpu[1]:.0f} tokens -> {cpu_ratio}x" if cpu_ratio else ""))
+    return {"qvq_tune": a, peer: b, "tokens_per_s_ratio": ratio, "peak_memory_ratio": memory,
+            "tokens_per_cpu_s_ratio": cpu_ratio}
 
 
 def padding_shares(model: Path, data: Path, batch: int, batches: int = 40) -> dict:
@@ -197,7 +208,9 @@ def pooled(reports: list[dict]) -> dict:
     and each run's own tokens/s."""
     tokens = sum(r["num_tokens"] for r in reports)
     seconds = sum(r["train_runtime_s"] for r in reports)
+    cpu = [r.get("train_cpu_seconds") for r in reports]
     return {**reports[-1], "num_tokens": tokens, "train_runtime_s": round(seconds, 3),
+            "train_cpu_seconds": round(sum(cpu), 2) if all(cpu) else None,
             "tokens_per_s_measured": round(tokens / seconds, 1),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in reports),
             "runs_tokens_per_s": [r["tokens_per_s_measured"] for r in reports]}
@@ -280,6 +293,8 @@ def peer_ms_swift(args, work: Path) -> dict:
     results["summary"] = {f"{key}_tokens_per_s_ratio": results[key]["tokens_per_s_ratio"]
                           for key in ("padded_single", "packed_vs_best", "zero3", "qlora_single")}
     results["summary"].update({f"{key}_peak_memory_ratio": results[key]["peak_memory_ratio"]
+                               for key in ("padded_single", "packed_vs_best", "zero3", "qlora_single")})
+    results["summary"].update({f"{key}_tokens_per_cpu_s_ratio": results[key]["tokens_per_cpu_s_ratio"]
                                for key in ("padded_single", "packed_vs_best", "zero3", "qlora_single")})
     return results
 

@@ -22,6 +22,7 @@ def test_lora_methods_train_only_the_adapter(method, tmp_path, tiny_model, built
     report = train(recipe, in_process=True)
     run = recipe.run_dir
     assert report["steps"] == 6 and report["world_size"] == 1
+    assert 0 < report["train_cpu_seconds"]        # the process's CPU time from the first step to the last
     r, h, i, layers = 16, 128, 512, 2   # LoRA rank; the tiny model's hidden, MLP and depth
     assert report["trainable_parameters"] == layers * r * (4 * (h + h) + 3 * (h + i))
     adapter = load_file(run / "adapter" / "adapter_model.safetensors")
@@ -67,6 +68,7 @@ def test_two_process_launch_on_cpu(preset, tmp_path, tiny_model, built_train):
     report = train(recipe)
     assert report == json.loads((recipe.run_dir / "train_report.json").read_text())
     assert report["world_size"] == 2 and report["steps"] == 6
+    assert 0 < report["train_cpu_seconds"]        # both ranks' CPU time in training, summed
     part = report["zero3_partition"]
     if preset.startswith("zero3"):
         hidden = json.loads((model / "config.json").read_text())["text_config"]["hidden_size"]

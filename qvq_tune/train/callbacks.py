@@ -4,7 +4,9 @@ the DPO collapse warning.
 - `MetricsJsonl`: every log line (loss, learning rate, grad norm; DPO's reward accuracy
   and margin, chosen / rejected log-probs) plus non-padding tokens/s, samples/s, padding
   share (all ranks together), MFU on known GPUs and peak memory, appended to the run's
-  `metrics.jsonl` (rank 0). On resume it keeps the lines up to the checkpoint's step
+  `metrics.jsonl` (rank 0); at the end, the CPU seconds every rank's process spent from the
+  first step to the last, summed (`train_cpu_seconds`: on a shared machine, less sensitive
+  to other jobs' load than the wall time). On resume it keeps the lines up to the checkpoint's step
   and drops the ones a killed run logged after it.
 - `Progress`: the progress bar with the latest loss as its postfix, instead of printing
   raw metric dicts.
@@ -45,9 +47,11 @@ class MetricsJsonl(TrainerCallback):
         self.flops_per_token = flops_per_token  # for MFU on GPUs whose peak is known
         self._t0 = self._last = time.time()
         self.tokens_seen = 0                    # non-padding tokens trained on, all ranks, this session
+        self._cpu0 = time.process_time()
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._t0 = self._last = time.time()
+        self._cpu0 = time.process_time()
         if self.stats is not None:
             self.stats.take()                   # nothing before the first step counts
         if not state.is_world_process_zero:
@@ -79,6 +83,23 @@ class MetricsJsonl(TrainerCallback):
         row.update(peak_memory_mib())
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        seconds = sum_over_ranks(time.process_time() - self._cpu0)
+        if state.is_world_process_zero:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": state.global_step, "train_cpu_seconds": round(seconds, 2)}) + "\n")
+
+
+def sum_over_ranks(value: float) -> float:
+    """`value` summed over all ranks (a collective when distributed: every rank calls it)."""
+    import torch
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(total)
+    return float(total.item())
 
 
 # Dense bf16 peak per GPU, from the vendors' datasheets (H200 shares the H100 SXM's compute).

@@ -52,6 +52,7 @@ def write_report(trainer, result, recipe: Recipe, run: RunFolder, objective, *, 
         "pixel_cache": collator.pixels.stats() if hasattr(collator, "pixels") else None,
         "collate_seconds": round(collator.seconds, 2) if hasattr(collator, "seconds") else None,
         "num_tokens": next(iter(_series(rows, "tokens_seen")[-1:] or _series(rows, "num_tokens")[-1:]), None),
+        "train_cpu_seconds": next(iter(_series(rows, "train_cpu_seconds")[-1:]), None),
         **trainable_summary(trainer.model), **peak_memory_mib(), "rss_before_model_mib": rss_before_model_mib,
         "zero3_partition": zero3,
     }

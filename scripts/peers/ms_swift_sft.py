@@ -7,7 +7,8 @@ the token ids qvq-tune built for it (`--expected-ids`, one JSON list per line): 
 how many differ. Non-padding tokens are counted by a forward pre-hook on the model (the
 attention mask's sum, or every position of a padding-free row; ms-swift's own hook has
 already turned the ids into `inputs_embeds`), over all ranks; rank 0 writes
-`--out` (JSON: train runtime, tokens, peak memory, identical inputs).
+`--out` (JSON: train runtime, CPU seconds of all ranks in training, tokens, peak memory,
+identical inputs).
 
     python ms_swift_sft.py --data swift.jsonl --model DIR --out result.json [--qlora]
         [--deepspeed zero3.json] [--padding-free] [--expected-ids ids.jsonl]
@@ -67,11 +68,13 @@ def main() -> None:
     pipeline = SwiftSft(sft_args)
     identical = check_encodings(pipeline.template, Path(args.data), args.expected_ids)
     counter = TokenCounter()
+    clock = cpu_clock()
 
     class Measured(SwiftSft):
         def train(self, trainer):
             # on the wrapper the trainer calls (PEFT calls the base model's `forward` directly)
             trainer.model.register_forward_pre_hook(counter, with_kwargs=True)
+            trainer.add_callback(clock)
             return super().train(trainer)
 
     pipeline.__class__ = Measured
@@ -84,12 +87,36 @@ def main() -> None:
                "padding_share": round(1 - tokens / positions, 4) if positions else None,
                "world_size": int(os.environ.get("WORLD_SIZE", "1")),
                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               "train_cpu_seconds": round(clock.seconds, 2) if clock.seconds is not None else None,
                "identical_input_ids": identical, "use_logits_to_keep": sft_args.training_args.use_logits_to_keep,
                "padding_free": args.padding_free, "ms_swift_template": template,
                "losses": [h["loss"] for h in result["log_history"] if "loss" in h]}
         if torch.cuda.is_available():
             out["peak_gpu_reserved_mib"] = round(torch.cuda.max_memory_reserved() / 2 ** 20, 1)
         Path(args.out).write_text(json.dumps(out, indent=1))
+
+
+def cpu_clock():
+    """A trainer callback: the CPU seconds of every rank's process from the first step to the
+    last, summed over ranks (`.seconds`), as qvq-tune's `train_cpu_seconds` is counted."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class CpuClock(TrainerCallback):
+        seconds = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.process_time()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            import torch
+            import torch.distributed as dist
+            total = torch.tensor([time.process_time() - self.start], dtype=torch.float64)
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(total)
+            self.seconds = float(total.item())
+    return CpuClock()
 
 
 class TokenCounter:

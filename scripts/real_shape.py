@@ -197,10 +197,10 @@ def main() -> int:
     parser.add_argument("--json", help="write every figure here")
     parser.add_argument("--only", help="comma-separated stages to run (sft,dpo,eval,export), reusing the earlier "
                                        "stages' outputs in --work (the model and builds are reused when present)")
-    parser.add_argument("--lm-head", default="fused", choices=("auto", "fused", "labelled"),
-                        help="SFT's loss.lm_head: fused (TRL's chunked head; the default here: at a 151k "
-                             "vocabulary 'labelled' holds a 2k x 151,936 fp32 logits tensor, its softmax and "
-                             "its gradient at once, ~1.4 GB each, and was OOM-killed at 10.5 GB per rank)")
+    parser.add_argument("--lm-head", default="auto", choices=("auto", "fused", "labelled"),
+                        help="SFT's loss.lm_head (auto picks TRL's chunked fused head at this vocabulary: "
+                             "'labelled' holds a 2k x 151,936 fp32 logits tensor, its softmax and its "
+                             "gradient at once, ~1.4 GB each, and was OOM-killed at 10.5 GB per rank)")
     parser.add_argument("--max-live-parameters", type=float, default=1e8,
                         help="ZeRO-3's stage3_max_live_parameters and stage3_max_reuse_distance for the training "
                              "stages (the zero3 preset's 1e9 keeps up to 1e9 gathered elements alive on each rank: "

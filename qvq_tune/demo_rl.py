@@ -63,7 +63,7 @@ class RLDemoConfig:
     dpo_lr: float = 1e-4
     dpo_beta: float = 0.1
     dpo_sft_weight: float = 1.0
-    defect_samples: int = field(default=4, metadata={"help": "sampled replies (temperature 1) per test prompt"})
+    defect_samples: int = field(default=2, metadata={"help": "sampled replies (temperature 1) per test prompt"})
     batch_size: int = field(default=64, metadata={"help": "prompts per generate call in evaluations"})
 
     def __post_init__(self):
@@ -81,6 +81,14 @@ class RLDemoConfig:
         from .synth.tasks import TASKS
         if self.task not in TASKS or TASKS[self.task].tools:
             raise UserError(f"--task {self.task!r} must be one of the tool-free synthetic tasks", key="task")
+
+
+def adapter_stamp(adapter) -> str | None:
+    """Which adapter weights were scored: their file's size and modification time."""
+    if adapter is None:
+        return None
+    weights = Path(adapter) / "adapter_model.safetensors"
+    return f"{weights.stat().st_size}:{weights.stat().st_mtime_ns}" if weights.is_file() else str(adapter)
 
 
 def choose(scores: dict[int, float]) -> int:
@@ -118,11 +126,32 @@ class Stages:
             "optim": {"seed": self.cfg.seed, "scheduler": "cosine", "warmup_steps": 10, "logging_steps": 5, **optim},
             "launch": {"accelerate_config": "single", "num_processes": 1}, "report_to": "none", **sections})
 
+    def train(self, recipe) -> dict:
+        """Train, or reuse a finished run of the same recipe in the output folder (a re-run
+        with other settings for a later stage starts there)."""
+        from .run_folder import RunFolder
+        from .train.run import train
+        report = Path(recipe.run_dir) / "train_report.json"
+        if report.is_file() and (Path(recipe.run_dir) / "recipe.yaml").is_file() \
+                and RunFolder(recipe.run_dir).recipe() == recipe:
+            say(f"reusing the finished run {recipe.run_dir} (same recipe)")
+            return json.loads(report.read_text())
+        return train(recipe, in_process=True, overwrite=True)
+
     def evaluate(self, adapter, split: str, name: str, *, blank: bool = False) -> dict:
+        """Greedy evaluation of base + adapter on a split (reused when the same adapter
+        files were scored on the same split with the same options)."""
         from .eval.evaluate import evaluate, load_for_eval
         opts = self.with_blank if blank else self.greedy
+        folder, stamp = self.out / "eval" / name, adapter_stamp(adapter)
+        if (folder / "summary.json").is_file():
+            done = json.loads((folder / "summary.json").read_text())
+            if done["settings"].get("adapter_stamp") == stamp and done["settings"]["data"] == str(self.data[split]) \
+                    and done["settings"]["options"] == asdict(opts):
+                return {k: v for k, v in done.items() if k != "settings"}
         em = load_for_eval(self.base, adapter, opts)
-        return evaluate(em, self.data[split], opts, self.out / "eval" / name, desc=f"{name} ({split})")
+        return evaluate(em, self.data[split], opts, folder, desc=f"{name} ({split})",
+                        settings={"adapter_stamp": stamp})
 
     def sampled(self, adapter, name: str) -> dict:
         from .eval.evaluate import load_for_eval
@@ -147,7 +176,6 @@ def run_rl_demo(cfg: RLDemoConfig) -> dict:
     from .synth.generate import SynthConfig, generate
     from .synth.tasks import DEFECTS
     from .tiny.resolve import resolve_model_dir
-    from .train.run import train
 
     clock = Clock()
     out = Path(cfg.out).absolute()
@@ -172,7 +200,7 @@ def run_rl_demo(cfg: RLDemoConfig) -> dict:
     sft = s.recipe("sft", "sft", {"max_steps": cfg.sft_steps, "per_device_batch_size": cfg.sft_batch_size,
                                   "lr": cfg.sft_lr, "warmup_steps": min(30, cfg.sft_steps // 4),
                                   "save_steps": cfg.sft_check_every})
-    train(sft, in_process=True, overwrite=True)
+    s.train(sft)
     sft_validation = s.validate_checkpoints(RunFolder(sft.run_dir), "sft")
     start_step = choose_start(sft_validation, (cfg.start_min, cfg.start_max), cfg.start_target)
     start = RunFolder(sft.run_dir).path / "checkpoints" / f"checkpoint-{start_step}"
@@ -189,7 +217,7 @@ def run_rl_demo(cfg: RLDemoConfig) -> dict:
         grpo={"num_generations": cfg.num_generations, "max_completion_tokens": cfg.max_new_tokens,
               "temperature": cfg.grpo_temperature, "beta": 0.0, "rewards": list(cfg.rewards),
               "start_adapter": str(start)})
-    grpo_report = train(grpo, in_process=True, overwrite=True)
+    grpo_report = s.train(grpo)
     clock.stage("grpo")
 
     say(f"5/8 choosing the GRPO checkpoint on the validation split ({cfg.validation_size} diagrams)")
@@ -218,7 +246,7 @@ def run_rl_demo(cfg: RLDemoConfig) -> dict:
                                       "lr": cfg.dpo_lr, "warmup_steps": min(10, cfg.dpo_steps // 4)},
                        train=pairs_dir, dpo={"beta": cfg.dpo_beta, "sft_weight": cfg.dpo_sft_weight,
                                              "start_adapter": str(start)})
-        dpo_report = train(dpo, in_process=True, overwrite=True)
+        dpo_report = s.train(dpo)
         dpo_eval = s.evaluate(RunFolder(dpo.run_dir).adapter, "test", "pairs_dpo")
         dpo_defects = s.sampled(RunFolder(dpo.run_dir).adapter, "pairs_dpo_sampled")
     else:

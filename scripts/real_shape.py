@@ -260,7 +260,8 @@ def main() -> int:
     # sft, dpo: one recipe, 2 processes under ZeRO-3
     runs = work / "runs"
     common = {"model": model, "output_dir": runs, "method": "qlora", "dtype": "float32", "lora.r": 16,
-              "optim.max_steps": 2, "optim.per_device_batch_size": 1, "optim.gradient_checkpointing": True,
+              "optim.max_steps": 2, "optim.per_device_batch_size": 1, "optim.grad_accum": 1,
+              "optim.gradient_checkpointing": True,
               "optim.logging_steps": 1, "optim.warmup_steps": 0, "optim.lr": 1e-4,
               "launch.accelerate_config": zero3_config(work, args.max_live_parameters), "launch.num_processes": 2}
     sft = {**common, "name": "sft", "objective": "sft", "data.train": built["sft"]}

@@ -14,6 +14,7 @@ table. Every stage is the library call the CLI makes; the helpers are `demo.py`'
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,7 @@ class RLDemoConfig:
     pairs_samples: int = 8
     pairs_temperature: float = 0.7
     pair_cut: str = "none"
+    pairs_per_prompt: int = 1
     dpo_steps: int = 50
     dpo_batch_size: int = 8
     dpo_lr: float = 1e-4
@@ -69,7 +71,7 @@ class RLDemoConfig:
     def __post_init__(self):
         for key in ("train_size", "validation_size", "test_size", "max_new_tokens", "sft_steps", "sft_check_every",
                     "sft_batch_size", "grpo_steps", "grpo_check_every", "grpo_prompts_per_step", "pairs_prompts",
-                    "dpo_batch_size", "defect_samples", "batch_size"):
+                    "pairs_per_prompt", "dpo_batch_size", "defect_samples", "batch_size"):
             if getattr(self, key) < 1:
                 raise UserError(f"--{key.replace('_', '-')} must be >= 1", key=key)
         if self.dpo_steps < 0:
@@ -127,16 +129,23 @@ class Stages:
             "launch": {"accelerate_config": "single", "num_processes": 1}, "report_to": "none", **sections})
 
     def train(self, recipe) -> dict:
-        """Train, or reuse a finished run of the same recipe in the output folder (a re-run
-        with other settings for a later stage starts there)."""
+        """Train, or reuse a finished run of the same recipe on the same data (its build or
+        pairs report unchanged) in the output folder: a re-run with other settings for a
+        later stage starts there."""
         from .run_folder import RunFolder
         from .train.run import train
         report = Path(recipe.run_dir) / "train_report.json"
-        if report.is_file() and (Path(recipe.run_dir) / "recipe.yaml").is_file() \
+        stamp_file = self.out / "reuse" / f"{recipe.name}.json"
+        data_stamp = hashlib.sha256((Path(recipe.data.train) / "report.json").read_bytes()).hexdigest()
+        if report.is_file() and (Path(recipe.run_dir) / "recipe.yaml").is_file() and stamp_file.is_file() \
+                and json.loads(stamp_file.read_text()) == {"data": data_stamp} \
                 and RunFolder(recipe.run_dir).recipe() == recipe:
-            say(f"reusing the finished run {recipe.run_dir} (same recipe)")
+            say(f"reusing the finished run {recipe.run_dir} (same recipe and data)")
             return json.loads(report.read_text())
-        return train(recipe, in_process=True, overwrite=True)
+        stamp_file.unlink(missing_ok=True)
+        result = train(recipe, in_process=True, overwrite=True)
+        write_json_atomic(stamp_file, {"data": data_stamp})
+        return result
 
     def evaluate(self, adapter, split: str, name: str, *, blank: bool = False) -> dict:
         """Greedy evaluation of base + adapter on a split (reused when the same adapter
@@ -186,9 +195,13 @@ def run_rl_demo(cfg: RLDemoConfig) -> dict:
 
     say(f"2/8 synthesising '{cfg.task}' (train / validation / test) and building")
     raw = out / "data" / "raw"
-    generate(SynthConfig(task=cfg.task, train=cfg.train_size, validation=cfg.validation_size, test=cfg.test_size,
-                         seed=cfg.seed, defect_rate=cfg.defect_rate, dpo=False, dpo_kinds=DEFECTS), raw,
-             progress=False)
+    synth = SynthConfig(task=cfg.task, train=cfg.train_size, validation=cfg.validation_size, test=cfg.test_size,
+                        seed=cfg.seed, defect_rate=cfg.defect_rate, dpo=False, dpo_kinds=DEFECTS)
+    made = out / "data" / "synth_config.json"
+    if not (made.is_file() and json.loads(made.read_text()) == json.loads(json.dumps(asdict(synth)))):
+        made.unlink(missing_ok=True)
+        generate(synth, raw, progress=False)          # else the same files: the builds are reused as they are
+        write_json_atomic(made, asdict(synth))
     data = {split: out / "data" / split for split in ("train", "validation", "test")}
     built = {split: build(BuildConfig(input=str(raw / f"{split}.jsonl"), model=str(base), out=str(data[split]),
                                       reasoning="qvq")) for split in data}
@@ -234,6 +247,7 @@ def run_rl_demo(cfg: RLDemoConfig) -> dict:
     pairs_dir = out / "pairs"
     pairs = make_pairs(pairs_dir, PairsOptions(samples=cfg.pairs_samples, temperature=cfg.pairs_temperature,
                                                max_new_tokens=cfg.max_new_tokens, pair_cut=cfg.pair_cut,
+                                               pairs_per_prompt=cfg.pairs_per_prompt,
                                                seed=cfg.seed, batch_size=cfg.batch_size, limit=cfg.pairs_prompts,
                                                dtype="float32", device="cpu"),
                        data=data["train"], model=base, adapter=start, log=say)

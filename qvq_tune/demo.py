@@ -72,12 +72,12 @@ class DemoConfig:
             raise UserError(f"--accelerate-config: {exc.bare_message}", key="accelerate_config") from None
 
 
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
     from rich.console import Console
     Console(stderr=True).print(f"[bold cyan]demo[/] {msg}")
 
 
-class _Clock:
+class Clock:
     def __init__(self):
         self.t0, self.stages = time.time(), {}
 
@@ -152,19 +152,19 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .synth.tasks import TASKS
 
     check_recipes(cfg)               # before anything is built (the tiny base takes minutes on first use)
-    clock = _Clock()
+    clock = Clock()
     out = Path(cfg.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     agent = bool(TASKS[cfg.task].tools) if cfg.task in TASKS else False
     dpo = cfg.dpo_steps > 0 and not agent
 
-    _say("1/9 tiny base model (pre-trained once, then cached)")
-    base = ensure_tiny_base(log=_say)
-    record_pretraining(base, log=_say)
+    say("1/9 tiny base model (pre-trained once, then cached)")
+    base = ensure_tiny_base(log=say)
+    record_pretraining(base, log=say)
     base_pretrain = json.loads((base / REPORT_FILE).read_text())
     clock.stage("base")
 
-    _say(f"2/9 synthesising the '{cfg.task}' diagram task ({cfg.defect_rate:.0%} of traces defective)")
+    say(f"2/9 synthesising the '{cfg.task}' diagram task ({cfg.defect_rate:.0%} of traces defective)")
     raw = out / "data" / "raw"
     generate(SynthConfig(task=cfg.task, train=cfg.train_size, validation=max(10, cfg.test_size // 10),
                          test=cfg.test_size, seed=cfg.seed, defect_rate=0.0 if agent else cfg.defect_rate, dpo=dpo,
@@ -172,27 +172,27 @@ def run_demo(cfg: DemoConfig) -> dict:
     tools = str(raw / "tools.py") if agent else None        # the tool eval runs
     clock.stage("synth")
 
-    _say("3/9 building datasets with the base model's processor and chat template")
+    say("3/9 building datasets with the base model's processor and chat template")
     data = {split: out / "data" / split for split in ("train", "test", "dpo_train")}
     built = {split: build(BuildConfig(input=str(raw / f"{split}.jsonl"), model=str(base), out=str(data[split]),
                                       reasoning="qvq", pair_cut="step" if split == "dpo_train" else "none"))
              for split in (("train", "test", "dpo_train") if dpo else ("train", "test"))}
     clock.stage("build")
 
-    _say("4/9 evaluating the base model")
+    say("4/9 evaluating the base model")
     opts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64, dtype="float32", device="cpu", tools=tools)
     base_eval = evaluate(load_for_eval(base, None, opts), data["test"], opts, out / "eval" / "base",
                          desc="eval base")
     clock.stage("eval_base")
 
-    _say(f"5/9 QLoRA SFT, {cfg.accelerate_config} across {cfg.num_processes} processes")
+    say(f"5/9 QLoRA SFT, {cfg.accelerate_config} across {cfg.num_processes} processes")
     sft_report, sft_run = _train(SFT_RECIPE, {
         "model": str(base), "output_dir": str(out), "name": "train", "data.train": str(data["train"]),
         "optim.max_steps": cfg.steps, "optim.per_device_batch_size": cfg.per_device_batch_size,
         "optim.logging_steps": max(1, min(10, cfg.steps // 10))}, cfg)
     clock.stage("train")
 
-    _say("6/9 evaluating the tuned model (4-bit base + adapter, as trained): greedy, blank images, sampled")
+    say("6/9 evaluating the tuned model (4-bit base + adapter, as trained): greedy, blank images, sampled")
     topts = EvalOptions(max_new_tokens=cfg.max_new_tokens, batch_size=64, load_in_4bit=True, blank_images=True,
                         dtype="float32", device="cpu", tools=tools)
     model = load_for_eval(base, sft_run.adapter, topts)
@@ -206,7 +206,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     final_run, dpo_report, dpo_eval, dpo_defects = sft_run, None, None, None
     if dpo:
-        _say(f"7/9 DPO from the SFT adapter on clean-vs-defective pairs, {cfg.accelerate_config} "
+        say(f"7/9 DPO from the SFT adapter on clean-vs-defective pairs, {cfg.accelerate_config} "
              f"across {cfg.num_processes} processes")
         dpo_report, final_run = _train(DPO_RECIPE, dpo_overrides(cfg, base, out, data, sft_run.path), cfg)
         model = load_for_eval(base, final_run.adapter, topts)
@@ -216,7 +216,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         del model
         clock.stage("dpo")
 
-    _say("8/9 export: licence gate, streamed merge into bf16 (into the 4-bit rounding the QLoRA adapter trained "
+    say("8/9 export: licence gate, streamed merge into bf16 (into the 4-bit rounding the QLoRA adapter trained "
          "on) proven against the 4-bit base + adapter, vLLM adapter")
     final = dpo_eval if dpo else tuned
     evaluation = {"base accuracy": base_eval["accuracy"], "QLoRA accuracy (4-bit base + adapter)": final["accuracy"],
@@ -230,7 +230,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                       desc="eval merged")
     clock.stage("export")
 
-    _say("9/9 report")
+    say("9/9 report")
     report = {
         "task": cfg.task, "base_model": str(base),
         "base_accuracy": base_eval["accuracy"], "tuned_accuracy": tuned["accuracy"],

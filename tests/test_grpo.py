@@ -5,6 +5,7 @@ and a 2-process ZeRO-3 QLoRA run finishes with its correctness reward rising."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,45 @@ def test_each_completion_is_rewarded_against_its_own_prompts_gold(tmp_path, tiny
     assert shuffled != golds
     moved = [{**row, "answer": shuffled[i // trainer.num_generations]} for i, row in enumerate(rows)]
     assert not all(handed == own for handed, own in _rewarded_golds(trainer, moved))
+
+
+def _series(run_dir, key):
+    from qvq_tune.train.callbacks import read_metrics
+    return [(r["step"], r[key]) for r in read_metrics(Path(run_dir) / "metrics.jsonl") if key in r]
+
+
+def test_a_grpo_run_resumed_from_a_checkpoint_samples_and_learns_as_the_whole_run(tmp_path, tiny_model, varied):
+    """Killed after checkpoint 2 of 4 and resumed: the same rewards (the sampling RNG restored) and
+    the same loss at every later step as the uninterrupted run."""
+    from qvq_tune.train.run import train
+    recipe = _grpo_recipe(tmp_path, tiny_model("qwen2_vl"), varied, name="resumed", **{
+        "grpo.temperature": 1.0, "optim.max_steps": 4, "optim.save_steps": 1, "optim.warmup_steps": 0})
+    run = recipe.run_dir
+    keys = ("loss", "reward", "completions/mean_length")
+    train(recipe, in_process=True)
+    whole = {key: _series(run, key) for key in keys}
+    assert [s for s, _ in whole["reward"]] == [1, 2, 3, 4]
+    (run / "train_report.json").unlink()            # as if killed after checkpoint 2
+    for later in (3, 4):
+        (run / "checkpoints" / f"checkpoint-{later}" / "qvq_tune_complete.json").unlink()
+    report = train(recipe, in_process=True, resume=True)
+    assert report["resumed_from"].endswith("checkpoint-2") and report["steps"] == 4
+    for key in keys:
+        resumed = _series(run, key)
+        assert [s for s, _ in resumed] == [1, 2, 3, 4], "each step logged once"
+        for (step, a), (_, b) in zip(whole[key], resumed):
+            assert b == pytest.approx(a, rel=1e-5, abs=1e-6), (key, step)
+
+
+def test_grpo_scores_the_validation_prompts_every_eval_steps(tmp_path, tiny_model, varied, built_train):
+    """`data.eval` with `optim.eval_steps`: TRL's evaluation samples the validation prompts and
+    logs their reward at each evaluation step, into metrics.jsonl and the report."""
+    from qvq_tune.train.run import train
+    recipe = _grpo_recipe(tmp_path, tiny_model("qwen2_vl"), varied, name="validated", **{
+        "data.eval": str(built_train["test"]), "optim.max_steps": 4, "optim.eval_steps": 2,
+        "optim.save_steps": 2})
+    report = train(recipe, in_process=True)
+    evals = _series(recipe.run_dir, "eval_reward")
+    assert [s for s, _ in evals] == [2, 4] and all(math.isfinite(v) for _, v in evals)
+    assert report["steps"] == 4 and report["best_checkpoint"] is not None
+    assert Path(report["best_checkpoint"]).name in {"checkpoint-2", "checkpoint-4"}

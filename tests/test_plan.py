@@ -85,3 +85,7 @@ def test_zero3_holds_the_largest_weight_whole_and_a_cpu_run_has_its_own_terms():
     assert dpo.gb["lm_head_tile"] == pytest.approx(2 * z3.gb["lm_head_tile"], abs=2e-3)
     assert dpo.gb["activations"] == pytest.approx(2 * z3.gb["activations"], abs=2e-3)
     assert dpo.gb["weights"] == z3.gb["weights"]
+    grpo = plan(PlanRequest(gpus=2, zero=3, objective="grpo", num_generations=4, **req))
+    assert grpo.gb["activations"] == pytest.approx(4 * z3.gb["activations"], abs=2e-3)
+    assert grpo.gb["weights"] == z3.gb["weights"]
+    assert plan(PlanRequest(gpus=2, zero=3, num_generations=4, **req)).gb == z3.gb       # sft ignores it

@@ -25,7 +25,10 @@ rest is the arithmetic below, one term per line of the output:
   exponential, the products for entropy and the target mask; measured on a Qwen2-VL-2B-wide
   model: +1.3-1.4 GB per vocabulary chunk at 1,773 tokens, a tile being 0.23 GB).
   DPO (`objective dpo`) scores two rows per sample, chosen and rejected; the reference's
-  forward pass runs without gradients before the policy's and keeps nothing.
+  forward pass runs without gradients before the policy's and keeps nothing. GRPO
+  (`objective grpo`) scores `num_generations` completion rows per prompt (seq_len: prompt +
+  completion budget); its generation's KV cache lives before the training pass, not beside
+  it, and is not counted.
 - ZeRO-3 gathers a module's whole weights while it runs: the largest single weight (on Qwen
   VL models the vocabulary x hidden embedding, which TRL's fused head gathers again as the
   LM head) is whole on every rank for a while (measured: +0.93 GB fp32 on each of two CPU
@@ -61,8 +64,10 @@ class PlanRequest:
     model: str = field(metadata={"help": "checkpoint folder, or FAMILY-SIZE: qwen2_vl-2b/7b/72b (72b = "
                                          "QVQ-72B-Preview), qwen2_5_vl-3b/7b/32b/72b", "metavar": "DIR_OR_SIZE"})
     method: Literal["qlora", "lora", "full"] = _f("lora", "training method")
-    objective: Literal["sft", "dpo"] = _f("sft", "dpo: each sample is two rows (chosen, rejected) plus the "
-                                                 "reference's forward pass")
+    objective: Literal["sft", "dpo", "grpo"] = _f("sft", "dpo: each sample is two rows (chosen, rejected) plus "
+                                                         "the reference's forward pass; grpo: each prompt is "
+                                                         "--num-generations completion rows")
+    num_generations: int = _f(8, "grpo: completions sampled per prompt (--batch-size counts prompts)", metavar="N")
     device: Literal["gpu", "cpu"] = _f("gpu", "cpu: ranks on CPU processes (no CUDA context; peak resident memory)")
     gpus: int = _f(1, "GPUs (data parallel)")
     gpu_mem: float = _f(80.0, "memory per GPU, GB", metavar="GB")
@@ -82,6 +87,8 @@ class PlanRequest:
         from ..errors import UserError
         if self.gpus < 1 or self.gpu_mem <= 0 or self.seq_len < 1 or self.batch_size < 1:
             raise UserError("gpus, gpu_mem, seq_len and batch_size must be positive", key="plan")
+        if self.num_generations < 1:
+            raise UserError("--num-generations must be positive", key="num_generations")
         if self.offload and self.zero != 3:
             raise UserError("--offload needs --zero 3", key="offload")
 
@@ -158,7 +165,7 @@ def _estimate(req: PlanRequest, parts: dict, quantisable: int, lora: int, s: dic
     adapters = 0.0 if full else trainable * b / (req.gpus if req.zero == 3 else 1)
     grads = trainable * b / state_shard
     optimizer = 0.0 if req.offload else trainable * (12 if req.zero else 2 * b) / state_shard
-    rows = req.batch_size * (2 if req.objective == "dpo" else 1)
+    rows = req.batch_size * {"sft": 1, "dpo": 2, "grpo": req.num_generations}[req.objective]
     tokens = req.seq_len * rows
     numel, quantised = s["largest_weight"]
     gathered = numel * (per_param if quantised and req.method == "qlora" else b) if req.zero == 3 else 0.0

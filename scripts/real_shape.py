@@ -197,6 +197,10 @@ def main() -> int:
     parser.add_argument("--json", help="write every figure here")
     parser.add_argument("--only", help="comma-separated stages to run (sft,dpo,eval,export), reusing the earlier "
                                        "stages' outputs in --work (the model and builds are reused when present)")
+    parser.add_argument("--lm-head", default="auto", choices=("auto", "fused", "labelled"),
+                        help="SFT's loss.lm_head (auto picks TRL's chunked fused head at this vocabulary: "
+                             "'labelled' holds a 2k x 151,936 fp32 logits tensor, its softmax and its "
+                             "gradient at once, ~1.4 GB each, and was OOM-killed at 10.5 GB per rank)")
     parser.add_argument("--max-live-parameters", type=float, default=1e8,
                         help="ZeRO-3's stage3_max_live_parameters and stage3_max_reuse_distance for the training "
                              "stages (the zero3 preset's 1e9 keeps up to 1e9 gathered elements alive on each rank: "
@@ -264,7 +268,7 @@ def main() -> int:
               "optim.gradient_checkpointing": True,
               "optim.logging_steps": 1, "optim.warmup_steps": 0, "optim.lr": 1e-4,
               "launch.accelerate_config": zero3_config(work, args.max_live_parameters), "launch.num_processes": 2}
-    sft = {**common, "name": "sft", "objective": "sft", "data.train": built["sft"]}
+    sft = {**common, "name": "sft", "objective": "sft", "data.train": built["sft"], "loss.lm_head": args.lm_head}
     dpo = {**common, "name": "dpo", "objective": "dpo", "data.train": built["dpo"], "dpo.start_adapter": runs / "sft"}
     threads = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // 2))}
     for name, sets, kind in (("sft", sft, "sft"), ("dpo", dpo, "dpo")):

@@ -134,3 +134,22 @@ def test_reasoning_and_answer_span_weights_reach_the_loss(weighted, tiny_model, 
     assert torch.allclose(loss(trainer, batch), reference_loss(trainer.model, batch), rtol=1e-4)
     only_answer = VisionCollator(processor, loss_weights=True, span_weights=(0.0, 1.0))([sample])
     assert loss(trainer, only_answer) < loss(trainer, plain)
+
+
+@pytest.mark.parametrize("setting, batch, vocab, longest, chosen", [
+    ("auto", 4, 500, 200, "labelled"),             # the tiny model: logits of a few MB
+    ("auto", 1, 151_936, 2_300, "fused"),          # a Qwen2-VL-2B sample: 1.4 GB of fp32 logits
+    ("auto", 16, 32_000, 1_000, "fused"),          # the batch counts, not one sample
+    ("labelled", 1, 151_936, 2_300, "labelled"),   # an explicit setting is kept
+    ("fused", 4, 500, 200, "fused"),
+])
+def test_auto_lm_head_on_cpu_avoids_large_logits(setting, batch, vocab, longest, chosen, monkeypatch):
+    from qvq_tune.recipe import recipe_from_dict
+    from qvq_tune.train.sft import LABELLED_LOGITS_CAP_GB, lm_head
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    recipe = recipe_from_dict({"model": "tiny", "data": {"train": "x"}, "loss": {"lm_head": setting},
+                               "optim": {"per_device_batch_size": batch}})
+    assert lm_head(recipe, vocab, longest) == chosen
+    if setting == "auto":      # the choice follows the cap, not the figures above
+        assert (batch * longest * vocab * 4 / 1e9 <= LABELLED_LOGITS_CAP_GB) == (chosen == "labelled")

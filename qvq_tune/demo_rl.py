@@ -178,6 +178,47 @@ class Stages:
         return scores
 
 
+def sft_recipe(s: Stages):
+    cfg = s.cfg
+    return s.recipe("sft", "sft", {"max_steps": cfg.sft_steps, "per_device_batch_size": cfg.sft_batch_size,
+                                   "lr": cfg.sft_lr, "warmup_steps": min(30, cfg.sft_steps // 4),
+                                   "save_steps": cfg.sft_check_every})
+
+
+def grpo_recipe(s: Stages, start: Path):
+    cfg = s.cfg
+    return s.recipe("grpo", "grpo", {
+        "max_steps": cfg.grpo_steps, "per_device_batch_size": cfg.grpo_prompts_per_step * cfg.num_generations,
+        "lr": cfg.grpo_lr, "scheduler": "constant_with_warmup", "warmup_steps": min(10, cfg.grpo_steps // 4),
+        "save_steps": cfg.grpo_check_every},
+        grpo={"num_generations": cfg.num_generations, "max_completion_tokens": cfg.max_new_tokens,
+              "temperature": cfg.grpo_temperature, "beta": 0.0, "rewards": list(cfg.rewards),
+              "start_adapter": str(start)})
+
+
+def dpo_recipe(s: Stages, start: Path, pairs_dir: Path):
+    cfg = s.cfg
+    return s.recipe("dpo", "dpo", {"max_steps": cfg.dpo_steps, "per_device_batch_size": cfg.dpo_batch_size,
+                                   "lr": cfg.dpo_lr, "warmup_steps": min(10, cfg.dpo_steps // 4)},
+                    train=pairs_dir, dpo={"beta": cfg.dpo_beta, "sft_weight": cfg.dpo_sft_weight,
+                                          "start_adapter": str(start)})
+
+
+def check_recipes(cfg: RLDemoConfig, out: Path) -> None:
+    """The three recipes with the demo's settings, validated before the base is built or any data made."""
+    from .errors import UserError as Refused
+    from .recipe import RecipeValueError
+    s = Stages(cfg, Path(cfg.model), {split: out / "data" / split for split in ("train", "validation", "test")},
+               out)
+    try:
+        sft_recipe(s)
+        grpo_recipe(s, out / "start")
+        if cfg.dpo_steps:
+            dpo_recipe(s, out / "start", out / "pairs")
+    except RecipeValueError as exc:
+        raise Refused(f"demo --rl: {exc}") from None
+
+
 def run_rl_demo(cfg: RLDemoConfig) -> dict:
     from .data.build import BuildConfig, build
     from .eval.pairs import PairsOptions, make_pairs
@@ -186,8 +227,9 @@ def run_rl_demo(cfg: RLDemoConfig) -> dict:
     from .synth.tasks import DEFECTS
     from .tiny.resolve import resolve_model_dir
 
-    clock = Clock()
     out = Path(cfg.out).absolute()
+    check_recipes(cfg, out)
+    clock = Clock()
     out.mkdir(parents=True, exist_ok=True)
     say("1/8 base model")
     base = resolve_model_dir(cfg.model)
@@ -210,9 +252,7 @@ def run_rl_demo(cfg: RLDemoConfig) -> dict:
     clock.stage("data")
 
     say(f"3/8 LoRA SFT, a checkpoint every {cfg.sft_check_every} steps; the start is chosen on validation")
-    sft = s.recipe("sft", "sft", {"max_steps": cfg.sft_steps, "per_device_batch_size": cfg.sft_batch_size,
-                                  "lr": cfg.sft_lr, "warmup_steps": min(30, cfg.sft_steps // 4),
-                                  "save_steps": cfg.sft_check_every})
+    sft = sft_recipe(s)
     s.train(sft)
     sft_validation = s.validate_checkpoints(RunFolder(sft.run_dir), "sft")
     start_step = choose_start(sft_validation, (cfg.start_min, cfg.start_max), cfg.start_target)
@@ -223,13 +263,7 @@ def run_rl_demo(cfg: RLDemoConfig) -> dict:
 
     say(f"4/8 GRPO from the SFT checkpoint of step {start_step}: {cfg.grpo_prompts_per_step} prompts x "
         f"{cfg.num_generations} replies per step, temperature {cfg.grpo_temperature}")
-    grpo = s.recipe("grpo", "grpo", {
-        "max_steps": cfg.grpo_steps, "per_device_batch_size": cfg.grpo_prompts_per_step * cfg.num_generations,
-        "lr": cfg.grpo_lr, "scheduler": "constant_with_warmup", "warmup_steps": min(10, cfg.grpo_steps // 4),
-        "save_steps": cfg.grpo_check_every},
-        grpo={"num_generations": cfg.num_generations, "max_completion_tokens": cfg.max_new_tokens,
-              "temperature": cfg.grpo_temperature, "beta": 0.0, "rewards": list(cfg.rewards),
-              "start_adapter": str(start)})
+    grpo = grpo_recipe(s, start)
     grpo_report = s.train(grpo)
     clock.stage("grpo")
 
@@ -256,10 +290,7 @@ def run_rl_demo(cfg: RLDemoConfig) -> dict:
     dpo_eval, dpo_defects, dpo_report = None, None, None
     if pairs["pairs"] and cfg.dpo_steps:
         say(f"7/8 DPO (+ SFT term x{cfg.dpo_sft_weight}) on {pairs['pairs']} pairs from the start adapter")
-        dpo = s.recipe("dpo", "dpo", {"max_steps": cfg.dpo_steps, "per_device_batch_size": cfg.dpo_batch_size,
-                                      "lr": cfg.dpo_lr, "warmup_steps": min(10, cfg.dpo_steps // 4)},
-                       train=pairs_dir, dpo={"beta": cfg.dpo_beta, "sft_weight": cfg.dpo_sft_weight,
-                                             "start_adapter": str(start)})
+        dpo = dpo_recipe(s, start, pairs_dir)
         dpo_report = s.train(dpo)
         dpo_eval = s.evaluate(RunFolder(dpo.run_dir).adapter, "test", "pairs_dpo")
         dpo_defects = s.sampled(RunFolder(dpo.run_dir).adapter, "pairs_dpo_sampled")

@@ -100,3 +100,11 @@ def test_demo_rl_flags_keep_their_own_defaults_and_the_default_demo_is_unchanged
     assert rl.out == "runs/demo_rl" and rl.dpo_steps == RLDemoConfig().dpo_steps
     args = parser.parse_args(["demo", "--steps", "5"])
     assert not args.rl and dataclass_from_arguments(DemoConfig, args) == DemoConfig(steps=5)
+
+
+def test_a_bad_setting_is_refused_before_anything_is_built(tmp_path):
+    from qvq_tune.demo_rl import RLDemoConfig, run_rl_demo
+    from qvq_tune.errors import UserError
+    with pytest.raises(UserError, match="grpo.num_generations"):
+        run_rl_demo(RLDemoConfig(out=str(tmp_path / "demo"), num_generations=1))
+    assert not (tmp_path / "demo").exists()

@@ -197,6 +197,8 @@ def main() -> int:
     parser.add_argument("--json", help="write every figure here")
     parser.add_argument("--only", help="comma-separated stages to run (sft,dpo,eval,export), reusing the earlier "
                                        "stages' outputs in --work (the model and builds are reused when present)")
+    parser.add_argument("--final-run", default="dpo", choices=("dpo", "sft"),
+                        help="the run eval and export take (sft: when DPO did not fit, to measure them anyway)")
     parser.add_argument("--lm-head", default="auto", choices=("auto", "fused", "labelled"),
                         help="SFT's loss.lm_head (auto picks TRL's chunked fused head at this vocabulary: "
                              "'labelled' holds a 2k x 151,936 fp32 logits tensor, its softmax and its "
@@ -291,16 +293,18 @@ def main() -> int:
 
     # eval: greedy replies, the DPO adapter on the 4-bit base as trained
     if want("eval"):
-        run_stage("eval", qvq("eval", "--run", runs / "dpo", "--data", built["eval"], "--out", work / "eval-1000",
+        run_stage("eval", qvq("eval", "--run", runs / args.final_run, "--data", built["eval"],
+                              "--out", work / "eval-1000",
                               "--max-new-tokens", 16, "--batch-size", 1), results, env=threads,
                   plan=planned_eval(model, results["data"]["eval"]["num_tokens"]["max"], EVAL_PIXELS))
-        run_stage("eval_448", qvq("eval", "--run", runs / "dpo", "--data", built["sft"], "--out", work / "eval-448",
+        run_stage("eval_448", qvq("eval", "--run", runs / args.final_run, "--data", built["sft"],
+                                  "--out", work / "eval-448",
                                   "--max-new-tokens", 16, "--batch-size", 1, "--limit", 2), results, env=threads,
                   plan=planned_eval(model, results["data"]["sft"]["num_tokens"]["max"], TRAIN_PIXELS))
         save()
     # export: the streamed merge and its proof
     if want("export"):
-        run_stage("export", qvq("export", "merge", "--run", runs / "dpo", "--out", work / "merged", "--force",
+        run_stage("export", qvq("export", "merge", "--run", runs / args.final_run, "--out", work / "merged", "--force",
                                 "--dtype", "bf16", "--data", built["sft"], "--samples", 1, "--accept-license",
                                 "apache-2.0"), results, env=threads,
                   plan=estimated_export(model, results["data"]["sft"]["num_tokens"]["max"], samples=1))

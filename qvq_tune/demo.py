@@ -164,10 +164,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     base_pretrain = json.loads((base / REPORT_FILE).read_text())
     clock.stage("base")
 
-    say(f"2/9 synthesising the '{cfg.task}' diagram task ({cfg.defect_rate:.0%} of traces defective)")
+    defects = 0.0 if agent else cfg.defect_rate         # a tool task has no defective traces
+    say(f"2/9 synthesising the '{cfg.task}' diagram task ({defects:.0%} of traces defective)")
     raw = out / "data" / "raw"
     generate(SynthConfig(task=cfg.task, train=cfg.train_size, validation=max(10, cfg.test_size // 10),
-                         test=cfg.test_size, seed=cfg.seed, defect_rate=0.0 if agent else cfg.defect_rate, dpo=dpo,
+                         test=cfg.test_size, seed=cfg.seed, defect_rate=defects, dpo=dpo,
                          dpo_kinds=DEFECTS), raw)
     tools = str(raw / "tools.py") if agent else None        # the tool eval runs
     clock.stage("synth")

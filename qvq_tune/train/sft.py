@@ -68,4 +68,3 @@ def trainer(setup: Setup):
 
 OBJECTIVE = Objective(name="sft", reads=SFT, trainer=trainer,
                       doc="supervised fine-tuning on prompts and replies, loss on the reply")
-
